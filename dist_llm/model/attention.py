@@ -1,0 +1,150 @@
+"""Causal multi-head self-attention: a from-scratch reference path and a fused SDPA fast path.
+
+Both paths share everything except the line that computes softmax(q k^T / sqrt(d_k)) v, so a test can
+hold them equal. A KVCache lets generation feed one new token at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dist_llm.model.layers import Linear, softmax
+from dist_llm.model.rope import RotaryPositionalEmbedding
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_k)) v over any leading dims; mask is boolean, True = "may attend".
+
+    q: (..., n_queries, d_k), k: (..., n_keys, d_k), v: (..., n_keys, d_v). A query whose mask row is
+    all False has no defined output (NaN), as in the formula.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ v
+
+
+def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
+    """Boolean (n_queries, n_keys) mask for queries sitting at the END of the key sequence.
+
+    Query i has absolute position n_keys - n_queries + i and may attend keys at positions <= its own.
+    With n_queries == n_keys this is the usual lower-triangular mask.
+    """
+    offset = n_keys - n_queries
+    q_pos = torch.arange(n_queries, device=device)[:, None] + offset
+    k_pos = torch.arange(n_keys, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+class LayerKVCache:
+    """Keys and values of one attention layer for positions [0, length), preallocated to max_len.
+
+    Buffers are allocated lazily on the first update so they take the dtype the keys actually have
+    (bf16 under autocast, fp32 otherwise).
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (..., heads, T, d) at positions [start, start+T); return keys/values [0, start+T)."""
+        end = start + k.shape[-2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked to write up to {end}")
+        if self.k is None or self.k.shape[:-2] != k.shape[:-2] or self.k.dtype != k.dtype:
+            shape = (*k.shape[:-2], self.max_len, k.shape[-1])
+            self.k = torch.empty(shape, device=k.device, dtype=k.dtype)
+            self.v = torch.empty((*shape[:-1], v.shape[-1]), device=v.device, dtype=v.dtype)
+        self.k[..., start:end, :] = k
+        self.v[..., start:end, :] = v
+        return self.k[..., :end, :], self.v[..., :end, :]
+
+
+class KVCache:
+    """Per-layer caches plus the number of positions already filled (shared by all layers)."""
+
+    def __init__(self, num_layers: int, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0
+        self.layers = [LayerKVCache(max_len) for _ in range(num_layers)]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class MultiHeadSelfAttention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        max_seq_len: int | None = None,
+        theta: float | None = None,
+        attn_impl: str = "sdpa",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if attn_impl not in ("sdpa", "reference"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'reference', got {attn_impl!r}")
+        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.attn_impl = attn_impl
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.rope: RotaryPositionalEmbedding | None = None
+        if theta is not None:
+            if max_seq_len is None:
+                raise ValueError("MultiHeadSelfAttention needs max_seq_len when RoPE theta is given")
+            if self.head_dim % 2 != 0:
+                raise ValueError(
+                    f"RoPE needs an even head dimension, got d_model/num_heads = {d_model}/{num_heads} "
+                    f"= {self.head_dim}"
+                )
+            self.rope = RotaryPositionalEmbedding(theta, self.head_dim, max_seq_len, device=device)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., T, d_model) -> (..., heads, T, head_dim); head h owns projection rows [h*hd, (h+1)*hd).
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-2, -3)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+        cache_start: int = 0,
+    ) -> torch.Tensor:
+        """x: (..., T, d_model). With kv_cache, x holds the T new tokens at positions cache_start.."""
+        seq_len = x.shape[-2]
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope is not None:
+            if token_positions is None:
+                token_positions = torch.arange(cache_start, cache_start + seq_len, device=x.device)
+            elif token_positions.dim() >= 2:
+                token_positions = token_positions.unsqueeze(-2)  # broadcast over the heads dim
+            q, k = self.rope(q, token_positions), self.rope(k, token_positions)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, cache_start)
+        out = self._attend(q, k, v)
+        return self.output_proj(out.transpose(-2, -3).flatten(-2))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n_queries, n_keys = q.shape[-2], k.shape[-2]
+        if self.attn_impl == "reference":
+            return scaled_dot_product_attention(q, k, v, causal_mask(n_queries, n_keys, q.device))
+        if n_queries == n_keys:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if n_queries == 1:  # one new token at the end sees every cached key: no mask needed
+            return F.scaled_dot_product_attention(q, k, v)
+        # is_causal aligns the triangle to the top-left, wrong for queries at an offset: pass the mask.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(n_queries, n_keys, q.device))

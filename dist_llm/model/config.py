@@ -1,0 +1,71 @@
+"""ModelConfig: the handful of numbers that define a TransformerLM, validated up front.
+
+Validation lives here (not deep inside the modules) so that a bad config file fails with a message
+naming the field, before any tensor is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ATTN_IMPLS = ("sdpa", "reference")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attn_impl: str = "sdpa"  # "sdpa" (fused torch kernel, default) or "reference" (from-scratch softmax)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive number, got {value!r}")
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by ModelConfig.num_heads="
+                f"{self.num_heads} (each head gets d_model / num_heads dimensions)"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"ModelConfig.d_model / num_heads = {self.head_dim} must be even: RoPE rotates pairs of "
+                f"dimensions (d_model={self.d_model}, num_heads={self.num_heads})"
+            )
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(
+                f"ModelConfig.attn_impl must be one of {list(ATTN_IMPLS)}, got {self.attn_impl!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"ModelConfig.from_dict expects a dict, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s) {unknown}; expected keys from {known}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"ModelConfig is missing required key(s) {missing}")
+        return cls(**d)

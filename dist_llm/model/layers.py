@@ -1,0 +1,92 @@
+"""The basic layers, each written from its formula: Linear, Embedding, RMSNorm, SwiGLU, silu, softmax.
+
+No precision code lives here beyond RMSNorm's float32 statistics: mixed precision comes from
+torch.autocast applied by the caller, which casts the matmuls below to bf16/fp16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """softmax(x)_i = exp(x_i - max(x)) / sum_j exp(x_j - max(x)); subtracting the max keeps exp finite."""
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    exp = torch.exp(shifted)
+    return exp / exp.sum(dim=dim, keepdim=True)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """silu(x) = x * sigmoid(x). torch.sigmoid is stable for large |x| (no exp overflow)."""
+    return x * torch.sigmoid(x)
+
+
+def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
+    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+class Linear(nn.Module):
+    """y = x @ W.T with W stored (out_features, in_features), no bias."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        # std sqrt(2 / (fan_in + fan_out)) keeps activation variance roughly constant through depth.
+        _trunc_normal_(self.weight, math.sqrt(2.0 / (in_features + out_features)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """Row lookup: weight[token_ids], weight of shape (num_embeddings, embedding_dim)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        _trunc_normal_(self.weight, 1.0)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[token_ids]
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back to the input dtype.
+
+    The mean of squares over d_model values overflows/loses precision in fp16/bf16, hence the upcast.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_dtype = x.dtype
+        x32 = x.float()
+        rms_inv = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x32 * rms_inv * self.weight.float()).to(in_dtype)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(silu(self.w1(x)) * self.w3(x))

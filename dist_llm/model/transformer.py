@@ -1,0 +1,145 @@
+"""TransformerBlock and TransformerLM: pre-norm Llama-style decoder (RMSNorm, RoPE, SwiGLU, untied head)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dist_llm.model.attention import KVCache, LayerKVCache, MultiHeadSelfAttention
+from dist_llm.model.config import ModelConfig
+from dist_llm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        max_seq_len: int,
+        theta: float,
+        norm_eps: float = 1e-5,
+        attn_impl: str = "sdpa",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.ln1 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(
+            d_model, num_heads, max_seq_len, theta, attn_impl=attn_impl, device=device, dtype=dtype
+        )
+        self.ln2 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+        cache_start: int = 0,
+    ) -> torch.Tensor:
+        h = x + self.attn(self.ln1(x), token_positions, kv_cache=kv_cache, cache_start=cache_start)
+        return h + self.ffn(self.ln2(h))
+
+
+class TransformerLM(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-5,
+        attn_impl: str = "sdpa",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        cfg = ModelConfig(
+            vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=num_layers,
+            num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta, norm_eps=norm_eps, attn_impl=attn_impl,
+        )  # fmt: skip
+        self.config = cfg
+        self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                d_model, num_heads, d_ff, context_length, rope_theta, norm_eps, attn_impl, device, dtype
+            )
+            for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, device=None, dtype=None) -> TransformerLM:
+        return cls(**cfg.to_dict(), device=device, dtype=dtype)
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(self.config.num_layers, self.config.context_length)
+
+    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """token_ids (..., T) -> logits (..., T, vocab_size).
+
+        With kv_cache, token_ids are the next T tokens after the kv_cache.length cached ones; the cache
+        is advanced by T.
+        """
+        start = 0 if kv_cache is None else kv_cache.length
+        seq_len = token_ids.shape[-1]
+        if start + seq_len > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + seq_len} tokens exceeds context_length={self.config.context_length}"
+                + (f" ({start} cached + {seq_len} new)" if kv_cache is not None else "")
+            )
+        self._check_token_ids(token_ids)
+        x = self.token_embeddings(token_ids)
+        for i, layer in enumerate(self.layers):
+            if kv_cache is None:
+                x = layer(x)
+            else:
+                x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
+        if kv_cache is not None:
+            kv_cache.length = start + seq_len
+        return self.lm_head(self.ln_final(x))
+
+    def _check_token_ids(self, token_ids: torch.Tensor) -> None:
+        # Reading min/max back to Python forces a device->host sync, which stalls a GPU training step.
+        # So: always check on CPU (free) and in eval mode (evaluation and generation, not the hot loop);
+        # skip in CUDA training, where an out-of-range id still fails, as a device-side assert in the
+        # embedding lookup. Skipped under torch.compile, where a data-dependent branch breaks the graph.
+        if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"token ids must be an integer tensor, got dtype {token_ids.dtype}")
+        if torch.compiler.is_compiling() or token_ids.numel() == 0:
+            return
+        if token_ids.device.type == "cpu" or not self.training:
+            lo, hi = int(token_ids.min()), int(token_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}) of this model"
+                )
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count. include_embeddings=False leaves out the token embedding table (a lookup, no
+        FLOPs); the untied lm_head is a real matmul and is always counted."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_embeddings:
+            n -= self.token_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), the PaLM / nanoGPT estimate:
+
+            6 * N_matmul + 12 * num_layers * d_model * context_length
+
+        N_matmul counts every weight that takes part in a matmul: the attention and SwiGLU projections
+        of all layers plus lm_head (embedding lookups and RMSNorm gains excluded). Each such weight costs
+        2 FLOPs per token forward and 4 backward. The second term is q k^T and attn @ v: 2 matmuls of
+        2 * T * d_model FLOPs per token per layer forward, times 3 for training, counted over the full
+        T x T square as in PaLM (the causal half is not subtracted), which is what MFU is quoted against.
+        """
+        cfg = self.config
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, Linear))
+        return 6.0 * n_matmul + 12.0 * cfg.num_layers * cfg.d_model * cfg.context_length

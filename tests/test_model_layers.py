@@ -1,0 +1,162 @@
+"""Each layer against its formula written out directly, plus ModelConfig validation."""
+
+import math
+
+import pytest
+import torch
+
+from dist_llm.model import (
+    Embedding,
+    Linear,
+    ModelConfig,
+    MultiHeadSelfAttention,
+    RMSNorm,
+    RotaryPositionalEmbedding,
+    SwiGLU,
+    causal_mask,
+    scaled_dot_product_attention,
+    silu,
+    softmax,
+)
+
+
+def test_linear_is_x_times_weight_transposed_and_init_is_truncated():
+    torch.manual_seed(0)
+    lin = Linear(300, 200)
+    assert lin.weight.shape == (200, 300)
+    x = torch.randn(4, 5, 300)
+    torch.testing.assert_close(lin(x), torch.einsum("bti,oi->bto", x, lin.weight))
+    std = math.sqrt(2 / 500)
+    assert abs(lin.weight.std().item() - std) < 0.1 * std  # truncation at 3 std barely lowers the std
+    assert lin.weight.abs().max() <= 3 * std + 1e-6
+
+
+def test_embedding_is_row_lookup():
+    torch.manual_seed(0)
+    emb = Embedding(50, 8)
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    out = emb(ids)
+    assert out.shape == (2, 3, 8)
+    torch.testing.assert_close(out[1, 2], emb.weight[1])
+    assert emb.weight.abs().max() <= 3.0
+
+
+def test_rmsnorm_matches_formula_and_upcasts():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16))
+    x = torch.randn(3, 16) * 100
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    # bf16 in, bf16 out, and computed in fp32: equals the fp32 result rounded once to bf16.
+    xb = x.bfloat16()
+    out = norm(xb)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, norm(xb.float()).bfloat16(), atol=0, rtol=0)
+
+
+def test_softmax_and_silu_are_stable_for_huge_inputs():
+    x = torch.tensor([[1000.0, 1001.0, 999.0], [-1e4, 0.0, 1e4]])
+    torch.testing.assert_close(softmax(x, dim=-1), torch.softmax(x, dim=-1))
+    assert torch.isfinite(softmax(x, dim=0)).all()
+    y = torch.tensor([-1e4, -100.0, 0.0, 3.0, 1e4])
+    torch.testing.assert_close(silu(y), torch.nn.functional.silu(y))
+
+
+def test_swiglu_formula():
+    torch.manual_seed(0)
+    ffn = SwiGLU(8, 24)
+    assert ffn.w1.weight.shape == ffn.w3.weight.shape == (24, 8) and ffn.w2.weight.shape == (8, 24)
+    x = torch.randn(2, 3, 8)
+    a, b = x @ ffn.w1.weight.T, x @ ffn.w3.weight.T
+    torch.testing.assert_close(ffn(x), (a * torch.sigmoid(a) * b) @ ffn.w2.weight.T)
+
+
+def _rope_direct(x, positions, theta):
+    out = torch.empty_like(x)
+    d = x.shape[-1]
+    for t, pos in enumerate(positions.tolist()):
+        for i in range(d // 2):
+            angle = pos * theta ** (-2 * i / d)
+            c, s = math.cos(angle), math.sin(angle)
+            x0, x1 = x[..., t, 2 * i], x[..., t, 2 * i + 1]
+            out[..., t, 2 * i] = c * x0 - s * x1
+            out[..., t, 2 * i + 1] = s * x0 + c * x1
+    return out
+
+
+def test_rope_rotates_interleaved_pairs_and_has_no_state():
+    torch.manual_seed(0)
+    rope = RotaryPositionalEmbedding(theta=10000.0, d_k=8, max_seq_len=32)
+    assert rope.state_dict() == {}  # cos/sin tables are non-persistent buffers
+    x = torch.randn(2, 5, 8)
+    positions = torch.tensor([0, 3, 7, 8, 31])
+    torch.testing.assert_close(rope(x, positions), _rope_direct(x, positions, 10000.0), atol=1e-5, rtol=1e-5)
+    # positions with a batch dim broadcast against x's leading dims
+    per_batch = torch.stack([positions, positions.flip(0)])
+    out = rope(x, per_batch)
+    torch.testing.assert_close(out[1], _rope_direct(x[1], positions.flip(0), 10000.0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        rope(torch.randn(33, 8), torch.arange(33))
+
+
+def test_attention_function_matches_formula_with_leading_dims_and_mask():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 5, 8), torch.randn(2, 3, 4, 6, 8), torch.randn(2, 3, 4, 6, 7)
+    mask = torch.rand(5, 6) > 0.3
+    mask[:, 0] = True  # every query may attend something
+    scores = torch.einsum("...qd,...kd->...qk", q, k) / math.sqrt(8)
+    scores = torch.where(mask, scores, torch.tensor(float("-inf")))
+    expected = torch.softmax(scores, -1) @ v
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask), expected)
+    # True means "may attend": a query allowed only key 0 returns v[0].
+    only_first = torch.zeros(5, 6, dtype=torch.bool)
+    only_first[:, 0] = True
+    out = scaled_dot_product_attention(q, k, v, only_first)
+    torch.testing.assert_close(out, v[..., :1, :].expand_as(out))
+
+
+def test_causal_mask_with_offset():
+    assert causal_mask(3, 3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_multihead_attention_heads_are_contiguous_row_blocks():
+    torch.manual_seed(0)
+    mha = MultiHeadSelfAttention(16, 4, attn_impl="reference")  # no RoPE
+    x = torch.randn(2, 6, 16)
+    heads = []
+    for h in range(4):
+        rows = slice(4 * h, 4 * h + 4)
+        q, k, v = (x @ p.weight[rows].T for p in (mha.q_proj, mha.k_proj, mha.v_proj))
+        scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~torch.ones(6, 6).tril().bool(), float("-inf"))
+        heads.append(torch.softmax(scores, -1) @ v)
+    expected = torch.cat(heads, -1) @ mha.output_proj.weight.T
+    torch.testing.assert_close(mha(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"d_model": 30, "num_heads": 4}, "divisible"),
+        ({"d_model": 12, "num_heads": 4}, "even"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"num_layers": 2.5}, "num_layers"),
+        ({"attn_impl": "flash"}, "attn_impl"),
+        ({"norm_eps": -1.0}, "norm_eps"),
+    ],
+)
+def test_model_config_rejects_bad_values_naming_the_field(overrides, field):
+    base = dict(vocab_size=10, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**{**base, **overrides})
+
+
+def test_model_config_dict_round_trip_and_unknown_keys():
+    cfg = ModelConfig(vocab_size=10, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig key.*dropout"):
+        ModelConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
+    with pytest.raises(ValueError, match="missing.*d_ff"):
+        ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "d_ff"})
