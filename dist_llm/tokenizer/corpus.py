@@ -1,0 +1,173 @@
+"""Streaming, parallel pre-token counting over corpus files.
+
+A file is cut into chunks of about `chunk_bytes` whose boundaries fall where pre-tokenization is
+provably unaffected by the cut: preferably at the start of a special token (a document boundary),
+else, in a long stretch without one, between "X\\n" and "Y" with X, Y printable ASCII (no GPT-2
+pre-token spans that newline, see `_newline_cut`). Workers read and count their chunk themselves, so
+the parent only ever holds one search window and the merged counts: peak memory grows with the
+number of distinct pre-tokens, not with the file size, and the counts are identical for any
+number of workers and any chunk size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import TokenizerError
+from .pretokenize import count_pretokens, special_token_regex
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+_SEARCH_WINDOW = 1 << 20
+# "X\nY" with X and Y printable, non-space ASCII: the cut goes between "\n" and "Y".
+_NEWLINE_CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
+
+
+def check_input_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Resolves the input paths, raising TokenizerError for a missing, non-regular or empty file."""
+    if not paths:
+        raise TokenizerError("no input files given")
+    checked = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise TokenizerError(f"input file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise TokenizerError(f"input path {str(path)!r} is not a regular file")
+        if path.stat().st_size == 0:
+            raise TokenizerError(f"input file {str(path)!r} is empty: nothing to train on")
+        checked.append(path)
+    return checked
+
+
+def _straddles(window: bytes, p: int, specials: Sequence[bytes]) -> bool:
+    """True if some special token occurrence starts before offset p and ends after it."""
+    for tok in specials:
+        n = len(tok)
+        if n > 1:
+            i = window.find(tok, max(0, p - n + 1), p + n - 1)
+            if i != -1 and i < p:
+                return True
+    return False
+
+
+def _special_cut(window: bytes, lo: int, hi: int, specials: Sequence[bytes]) -> int | None:
+    """The first start of a special token in window[lo:hi] that no other occurrence straddles."""
+    start = lo
+    while True:
+        hits = [i for i in (window.find(t, start) for t in specials) if i != -1 and i < hi]
+        if not hits:
+            return None
+        p = min(hits)
+        if not _straddles(window, p, specials):
+            return p
+        start = p + 1
+
+
+def _newline_cut(window: bytes, lo: int, hi: int, specials: Sequence[bytes]) -> int | None:
+    """The first cut "X\\n|Y" in window[lo:hi] (see the module docstring) that no special token spans.
+
+    Why it is safe: no GPT-2 pre-token extends from a non-space character into a newline, the
+    newline alone is a pre-token whether or not text follows it (`\\s+(?!\\S)` at the end of the
+    text and `\\s+` before "Y" both match just "\\n"), and the pattern has no look-behind, so the
+    pre-tokens from "Y" on are the same as when the text started at "Y".
+    """
+    for m in _NEWLINE_CUT.finditer(window, max(0, lo - 2), hi + 1):
+        p = m.start() + 2
+        if p >= lo and not _straddles(window, p, specials):
+            return p
+    return None
+
+
+def iter_chunk_bounds(
+    path: Path, special_tokens: Sequence[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[tuple[int, int]]:
+    """Yields (start, end) byte ranges covering the file, cut only at safe boundaries."""
+    specials = [t.encode("utf-8") for t in special_tokens]
+    max_len = max((len(t) for t in specials), default=1)
+    size = path.stat().st_size
+    start = 0
+    with open(path, "rb") as f:
+        while start < size:
+            pos = start + chunk_bytes
+            end = size
+            while pos < size:
+                base = max(0, pos - max_len)
+                f.seek(base)
+                window = f.read(pos - base + _SEARCH_WINDOW + max_len)
+                lo, hi = pos - base, min(len(window), pos - base + _SEARCH_WINDOW)
+                cut = _special_cut(window, lo, hi, specials) if specials else None
+                if cut is None:
+                    cut = _newline_cut(window, lo, hi, specials)
+                if cut is not None:
+                    end = base + cut
+                    break
+                pos += _SEARCH_WINDOW
+            yield start, end
+            start = end
+
+
+@lru_cache(maxsize=8)
+def _cached_special_regex(special_tokens: tuple[str, ...]):
+    return special_token_regex(special_tokens)
+
+
+def count_chunk(task: tuple[str, int, int, tuple[str, ...]]) -> tuple[dict[str, int], int]:
+    """Worker: counts the pre-tokens of bytes [start, end) of a file. Top-level, so spawn-safe.
+
+    Returns the counts and the number of bytes read (for the progress bar).
+    """
+    path, start, end, special_tokens = task
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(
+            f"input file {path!r} is not valid UTF-8 at byte offset {start + e.start}: {e.reason}"
+        ) from None
+    return dict(count_pretokens(text, _cached_special_regex(special_tokens))), len(data)
+
+
+def count_corpus(
+    paths: Sequence[Path],
+    special_tokens: Sequence[str],
+    *,
+    num_workers: int = 1,
+    chunk_bytes: int | None = None,
+    start_method: str | None = None,
+    progress: bool = False,
+) -> Counter[str]:
+    """Counts the pre-tokens of all files, in `num_workers` processes when it is more than one."""
+    total = sum(p.stat().st_size for p in paths)
+    if chunk_bytes is None:
+        # A few chunks per worker keeps both busy to the end; capped so memory stays bounded.
+        chunk_bytes = min(DEFAULT_CHUNK_BYTES, max(1 << 16, total // (4 * max(1, num_workers)) + 1))
+    specials = tuple(special_tokens)
+    tasks = (
+        (str(p), start, end, specials)
+        for p in paths
+        for start, end in iter_chunk_bounds(p, specials, chunk_bytes)
+    )
+    from tqdm import tqdm
+
+    counts: Counter[str] = Counter()
+    with tqdm(total=total, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress) as bar:
+        if num_workers <= 1:
+            results: Iterator[tuple[dict[str, int], int]] = map(count_chunk, tasks)
+            for chunk_counts, nbytes in results:
+                counts.update(chunk_counts)
+                bar.update(nbytes)
+        else:
+            ctx = multiprocessing.get_context(start_method)
+            with ctx.Pool(num_workers) as pool:
+                for chunk_counts, nbytes in pool.imap_unordered(count_chunk, tasks):
+                    counts.update(chunk_counts)
+                    bar.update(nbytes)
+    return counts

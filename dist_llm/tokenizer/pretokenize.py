@@ -1,0 +1,65 @@
+"""Pre-tokenization: special tokens are split out first, the rest is cut by the GPT-2 regex.
+
+Both training and encoding go through these helpers, so they split text in exactly the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import regex
+
+from .errors import TokenizerError
+
+# The GPT-2 pre-tokenizer pattern: contractions, letters, numbers, other symbols (each optionally
+# led by one space), and whitespace runs; `\s+(?!\S)` leaves the last space of a run to the word after it.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_REGEX = regex.compile(GPT2_PATTERN)
+
+
+def validate_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
+    """Returns the special tokens as a list, rejecting non-strings, empty strings and duplicates."""
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str):
+        raise TokenizerError(
+            f"special_tokens must be a list of strings, got the single string {special_tokens!r}"
+        )
+    tokens = list(special_tokens)
+    seen: set[str] = set()
+    for token in tokens:
+        if not isinstance(token, str):
+            raise TokenizerError(f"special token {token!r} is not a string (got {type(token).__name__})")
+        if token == "":
+            raise TokenizerError("special tokens must not be empty strings")
+        if token in seen:
+            raise TokenizerError(f"special token {token!r} is given more than once")
+        seen.add(token)
+    return tokens
+
+
+def special_token_regex(special_tokens: Sequence[str]) -> regex.Pattern | None:
+    """A regex matching any special token; at one position the longest one wins.
+
+    The alternation tries longer tokens first, so for overlapping tokens such as "<|a|>" and
+    "<|a|><|a|>" the longer one is taken where both match. None when there are no special tokens.
+    """
+    if not special_tokens:
+        return None
+    ordered = sorted(special_tokens, key=lambda t: (-len(t), t))
+    return regex.compile("|".join(regex.escape(t) for t in ordered))
+
+
+def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[str]:
+    """Counts the GPT-2 pre-tokens of `text`, with special tokens removed as document boundaries.
+
+    Splitting on special tokens first means no pre-token (and so no merge) spans two documents.
+    """
+    counts: Counter[str] = Counter()
+    segments = special_regex.split(text) if special_regex is not None else (text,)
+    findall = GPT2_REGEX.findall
+    for segment in segments:
+        if segment:
+            counts.update(findall(segment))
+    return counts

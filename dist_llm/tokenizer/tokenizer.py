@@ -1,0 +1,248 @@
+"""The Tokenizer: encode text to ids and back with a trained vocabulary and merge list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
+
+from .errors import TokenizerError
+from .pretokenize import GPT2_REGEX, special_token_regex, validate_special_tokens
+
+# Pre-token ids are cached; the cache is dropped when it grows past this many entries, so memory
+# stays bounded on endless streams.
+_CACHE_LIMIT = 1 << 20
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer.
+
+    Args:
+        vocab: id -> token bytes. Must contain all 256 single bytes.
+        merges: (left, right) byte pairs in merge order; both parts and their concatenation must be
+            in the vocabulary.
+        special_tokens: strings encoded as a single id each and never split or merged. Those not yet
+            in the vocabulary are appended to it.
+    """
+
+    def __init__(
+        self,
+        vocab: Mapping[int, bytes],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Sequence[str] | None = None,
+    ) -> None:
+        self.special_tokens: list[str] = validate_special_tokens(special_tokens)
+        self.vocab: dict[int, bytes] = _checked_vocab(vocab)
+        self.merges: list[tuple[bytes, bytes]] = [tuple(m) for m in merges]  # type: ignore[misc]
+        # The lowest id wins where several ids share the same bytes.
+        self._id_of_bytes: dict[bytes, int] = {}
+        for i in sorted(self.vocab):
+            self._id_of_bytes.setdefault(self.vocab[i], i)
+        for token in self.special_tokens:
+            if token.encode("utf-8") not in self._id_of_bytes:
+                new_id = max(self.vocab) + 1
+                self.vocab[new_id] = token.encode("utf-8")
+                self._id_of_bytes[self.vocab[new_id]] = new_id
+        self._special_id = {t: self._id_of_bytes[t.encode("utf-8")] for t in self.special_tokens}
+        self._special_regex = special_token_regex(self.special_tokens)
+        self._max_special_len = max((len(t) for t in self.special_tokens), default=0)
+
+        missing = [c for c in range(256) if bytes([c]) not in self._id_of_bytes]
+        if missing:
+            raise TokenizerError(
+                f"the vocabulary lacks {len(missing)} single-byte token(s), e.g. byte {missing[0]:#04x}: "
+                "a byte-level tokenizer needs all 256 to encode any text"
+            )
+        self._byte_ids = [self._id_of_bytes[bytes([c])] for c in range(256)]
+        self._bytes_are_ids = self._byte_ids == list(range(256))
+        # (left id, right id) -> merge rank; merge rank -> id of the merged token.
+        self._rank: dict[tuple[int, int], int] = {}
+        self._merged_id: list[int] = []
+        for rank, merge in enumerate(self.merges):
+            if len(merge) != 2 or not all(isinstance(part, bytes) for part in merge):
+                raise TokenizerError(f"merge #{rank} must be a pair of bytes, got {merge!r}")
+            left, right = merge
+            ids = [self._id_of_bytes.get(part) for part in (left, right, left + right)]
+            for part, i in zip((left, right, left + right), ids, strict=False):
+                if i is None:
+                    raise TokenizerError(
+                        f"merge #{rank} ({left!r}, {right!r}) does not fit the vocab: {part!r} is missing"
+                    )
+            self._rank.setdefault((ids[0], ids[1]), rank)
+            self._merged_id.append(ids[2])
+        self._cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of a canonical serialization of vocab, merges and special tokens."""
+        if not hasattr(self, "_fingerprint"):
+            canonical = {
+                "vocab": [[i, self.vocab[i].hex()] for i in sorted(self.vocab)],
+                "merges": [[left.hex(), right.hex()] for left, right in self.merges],
+                "special_tokens": self.special_tokens,
+            }
+            blob = json.dumps(canonical, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+            self._fingerprint = hashlib.sha256(blob).hexdigest()
+        return self._fingerprint
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token, or of the token whose bytes are `token`'s UTF-8."""
+        if token in self._special_id:
+            return self._special_id[token]
+        i = self._id_of_bytes.get(token.encode("utf-8"))
+        if i is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary (size {self.vocab_size})")
+        return i
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={self.special_tokens!r})"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def _bpe(self, piece: str) -> list[int]:
+        """Merges one pre-token: repeatedly the adjacent pair of lowest merge rank, leftmost first."""
+        data = piece.encode("utf-8")
+        ids = list(data) if self._bytes_are_ids else [self._byte_ids[c] for c in data]
+        rank_get = self._rank.get
+        no_merge = len(self._merged_id)
+        while len(ids) > 1:
+            ranks = [rank_get(pair, no_merge) for pair in zip(ids, ids[1:], strict=False)]
+            best = min(ranks)
+            if best == no_merge:
+                break
+            i = ranks.index(best)
+            ids[i : i + 2] = (self._merged_id[best],)
+        return ids
+
+    def _encode_pieces(self, pieces: list[str]) -> list[int]:
+        cache = self._cache
+        unseen = set(pieces).difference(cache)
+        if unseen:
+            if len(cache) + len(unseen) > _CACHE_LIMIT:
+                cache.clear()
+                unseen = set(pieces)
+            bpe = self._bpe
+            for piece in unseen:
+                cache[piece] = bpe(piece)
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._encode_pieces(GPT2_REGEX.findall(text)) if text else []
+
+    def encode(self, text: str) -> list[int]:
+        """Encodes a string to token ids; special tokens (longest match first) map to their own id."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode expects a str, got {type(text).__name__}")
+        if self._special_regex is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        pos = 0
+        for m in self._special_regex.finditer(text):
+            ids += self._encode_ordinary(text[pos : m.start()])
+            ids.append(self._special_id[m.group()])
+            pos = m.end()
+        ids += self._encode_ordinary(text[pos:])
+        return ids
+
+    def _encode_stable_prefix(self, buf: str) -> tuple[list[int], int]:
+        """Encodes the longest prefix of `buf` whose ids no continuation can change.
+
+        Undecided are: a special token that may start within the last (longest special - 1)
+        characters, and the last pre-token of the text (more text may extend it). Everything before
+        is final because the GPT-2 pattern looks at most one character beyond a match that does not
+        reach the end of the text, and has no look-behind. Returns (ids, characters consumed).
+        """
+        ids: list[int] = []
+        pos = 0
+        limit = len(buf)
+        if self._special_regex is not None:
+            limit = len(buf) - self._max_special_len + 1
+            for m in self._special_regex.finditer(buf):
+                if m.start() >= limit:
+                    break
+                ids += self._encode_ordinary(buf[pos : m.start()])
+                ids.append(self._special_id[m.group()])
+                pos = m.end()
+        if limit > pos:
+            pieces = GPT2_REGEX.findall(buf[pos:limit])
+            pieces.pop()
+            ids += self._encode_pieces(pieces)
+            pos += sum(map(len, pieces))
+        return ids, pos
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Lazily encodes a stream of strings (e.g. a file's lines) exactly as `encode` would their
+        concatenation; only the undecided tail is held back, so memory does not grow with the input."""
+        buf = ""
+        for chunk in iterable:
+            if not isinstance(chunk, str):
+                raise TokenizerError(f"encode_iterable expects strings, got {type(chunk).__name__}")
+            buf += chunk
+            ids, consumed = self._encode_stable_prefix(buf)
+            buf = buf[consumed:]
+            yield from ids
+        yield from self.encode(buf)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD."""
+        vocab = self.vocab
+        if not isinstance(ids, (list, tuple)):
+            ids = list(ids)
+        try:
+            data = b"".join([vocab[i] for i in ids])
+        except (KeyError, TypeError):
+            bad = next((i for i in ids if not isinstance(i, Hashable) or i not in vocab), None)
+            raise TokenizerError(
+                f"token id {bad!r} is not in the vocabulary (size {self.vocab_size})"
+            ) from None
+        return data.decode("utf-8", errors="replace")
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | os.PathLike) -> str:
+        """Writes `directory/dist_llm_tokenizer.json` (atomically); returns its path."""
+        from .files import save_tokenizer
+
+        return save_tokenizer(self, directory)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Reads a tokenizer saved by `save`: its directory or the json file itself."""
+        from .files import load_tokenizer
+
+        return load_tokenizer(path)
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike,
+        merges_path: str | os.PathLike,
+        special_tokens: Sequence[str] | None = None,
+    ) -> Tokenizer:
+        """Reads a GPT-2 style vocab.json + merges.txt pair."""
+        from .files import read_gpt2_files
+
+        vocab, merges = read_gpt2_files(vocab_path, merges_path)
+        return cls(vocab, merges, special_tokens)
+
+
+def _checked_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
+    if not isinstance(vocab, Mapping) or not vocab:
+        raise TokenizerError(f"vocab must be a non-empty mapping of id -> bytes, got {type(vocab).__name__}")
+    checked = {}
+    for i, token in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise TokenizerError(f"vocab id {i!r} is not a non-negative integer")
+        if not isinstance(token, bytes) or not token:
+            raise TokenizerError(f"vocab entry {i} must be non-empty bytes, got {token!r}")
+        checked[i] = token
+    return checked
