@@ -8,7 +8,7 @@
 # pip resolve `torch` from PyPI downloads a multi-GB CUDA build. So torch is installed first,
 # chosen for the machine, and only if it is not importable already:
 #   - NVIDIA GPU present (nvidia-smi works): the default PyPI build, which bundles CUDA;
-#   - otherwise: a locally provided wheel if pip's find-links has one (--no-index), else the
+#   - otherwise: a locally provided wheel if pip's find-links has one, else the
 #     CPU-only build from PyTorch's CPU wheel index.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,8 +22,13 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
     "$PY" -m pip install "$TORCH_SPEC"
 else
     echo "install.sh: no NVIDIA GPU found; installing a CPU-only torch"
-    "$PY" -m pip install --no-index "$TORCH_SPEC" 2>/dev/null \
-        || "$PY" -m pip install "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+    # A wheel that pip's configured find-links already provide (no download); its dependencies
+    # come with the package install below. Otherwise PyTorch's CPU-only wheel index.
+    if "$PY" -m pip install --no-index --no-deps "$TORCH_SPEC" >/dev/null 2>&1; then
+        echo "install.sh: installed torch from a locally provided wheel"
+    else
+        "$PY" -m pip install "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+    fi
 fi
 
 if [ -n "$EXTRAS" ]; then
