@@ -1,0 +1,389 @@
+"""Checkpoints on disk: safetensors for tensors, JSON for everything else, never pickle.
+
+A checkpoint is a directory `step_{step:08d}/` holding
+    model.safetensors       weights, plain parameter names (no `module.` / `_orig_mod.`)
+    optimizer.safetensors   optimizer tensors, keys `state.{param_index}.{name}`
+    optimizer.json          optimizer scalars and param groups
+    trainer_state.json      step, tokens, loader/schedule/scaler/RNG state... (whatever the trainer gives)
+    config.json             the resolved run config ("model" holds the ModelConfig fields)
+    COMPLETE                written last: a JSON manifest of the other files and their sizes
+It is written into a hidden temporary directory next to its final place, every file and the directory
+are fsynced, and only then is it renamed into place, so a crash at any moment leaves either the
+previous checkpoint or the new one, complete. This module knows nothing about training: it stores the
+state dicts it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors_bytes
+
+COMPLETE = "COMPLETE"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+TRAINER_STATE = "trainer_state.json"
+CONFIG = "config.json"
+# Test hook: when set to a step number, the process dies abruptly halfway through writing that checkpoint.
+CRASH_ENV = "DIST_LLM_CRASH_IN_CHECKPOINT_STEP"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupted or does not match the run; names the file or keys."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# ---------------------------------------------------------------- state dicts <-> files
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP and/or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, prefix-free tensors; tensors sharing storage are cloned (safetensors refuses them)."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        state[name] = tensor
+    return state
+
+
+def _jsonable_group(group: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in group.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch optimizer state_dict -> (tensors for safetensors, JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    meta = {"param_groups": [_jsonable_group(g) for g in state["param_groups"]], "scalars": scalars}
+    return tensors, meta
+
+
+def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                         optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Inverse of split_optimizer_state. Tuples (e.g. betas) come back as tuples where the live optimizer
+    has tuples, so the restored param groups compare equal to the saved ones."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [dict(g) for g in meta["param_groups"]]
+    if optimizer is not None:
+        for saved, live in zip(groups, optimizer.param_groups, strict=False):
+            for key, value in live.items():
+                if isinstance(value, tuple) and isinstance(saved.get(key), list):
+                    saved[key] = tuple(saved[key])
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------- durable writes
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _crash_if_requested(step: int) -> None:
+    if os.environ.get(CRASH_ENV) == str(step):
+        os._exit(43)  # no cleanup, no finally blocks: what a kill -9 or a node failure looks like
+
+
+def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch.Tensor],
+                     optimizer_state: dict[str, Any] | None, trainer_state: dict[str, Any],
+                     config: dict[str, Any], keep_last: int | None = None) -> Path:
+    """Atomically write `root/step_{step:08d}/` and keep only the newest `keep_last` complete ones."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp_{step_dir_name(step)}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(model_state, tmp / MODEL_FILE, metadata={"format": "pt"})
+    _fsync_path(tmp / MODEL_FILE)
+    _crash_if_requested(step)
+    if optimizer_state is not None:
+        tensors, meta = split_optimizer_state(optimizer_state)
+        save_file(tensors, tmp / OPTIMIZER_TENSORS, metadata={"format": "pt"})
+        _fsync_path(tmp / OPTIMIZER_TENSORS)
+        _write_json(tmp / OPTIMIZER_JSON, meta)
+    _write_json(tmp / TRAINER_STATE, trainer_state)
+    _write_json(tmp / CONFIG, config)
+    manifest = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+    _write_json(tmp / COMPLETE, {"step": step, "files": manifest})
+    _fsync_path(tmp)
+    if final.exists():  # rename() cannot replace a non-empty directory: move the old one aside first
+        old = root / f".old_{step_dir_name(step)}_{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_path(root)
+    prune_checkpoints(root, keep_last)
+    return final
+
+
+def prune_checkpoints(root: str | Path, keep_last: int | None) -> None:
+    """Delete complete checkpoints beyond the newest keep_last (never the last one) and stale temp dirs."""
+    root = Path(root)
+    for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write; one writer per run, so not in use
+        if not stale.name.endswith(f"_{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if keep_last is None:
+        return
+    complete = list_complete(root)
+    for old in complete[: max(0, len(complete) - max(1, keep_last))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- finding and verifying
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("step_"))
+    except ValueError:
+        return -1
+
+
+def list_complete(root: str | Path) -> list[Path]:
+    """Complete checkpoint dirs under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and (p / COMPLETE).is_file() and _step_of(p) >= 0]
+    return sorted(found, key=_step_of)
+
+
+def find_latest_checkpoint(root: str | Path) -> Path | None:
+    complete = list_complete(root)
+    return complete[-1] if complete else None
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse the header and check the file is as long as the header says (catches truncation)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > size - 8:
+            raise CheckpointError(f"{path}: corrupted safetensors header "
+                                  f"(length {header_len}, file {size} bytes)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: corrupted safetensors header (not JSON)") from None
+    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + data_end != size:
+        raise CheckpointError(f"{path}: truncated or padded safetensors file: header describes "
+                              f"{8 + header_len + data_end} bytes, file has {size}")
+    return header
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupted JSON ({e})") from None
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or corrupted file."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"{path}: no {COMPLETE} marker; the checkpoint was never finished")
+    manifest = _read_json(path / COMPLETE)
+    for name, size in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing from the checkpoint")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{file}: has {file.stat().st_size} bytes, {size} were written")
+        if name.endswith(".safetensors"):
+            _safetensors_header(file)
+        elif name.endswith(".json"):
+            _read_json(file)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None  # a torch optimizer state_dict, ready to load
+    trainer_state: dict[str, Any]
+    config: dict[str, Any]
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
+
+
+def read_checkpoint(path: str | Path, optimizer: torch.optim.Optimizer | None = None) -> LoadedCheckpoint:
+    """Verify, then load everything onto the CPU."""
+    path = Path(path)
+    verify_checkpoint(path)
+    optimizer_state = None
+    if (path / OPTIMIZER_TENSORS).is_file():
+        optimizer_state = join_optimizer_state(_load_tensors(path / OPTIMIZER_TENSORS),
+                                               _read_json(path / OPTIMIZER_JSON), optimizer)
+    return LoadedCheckpoint(path=path, model_state=_load_tensors(path / MODEL_FILE),
+                            optimizer_state=optimizer_state, trainer_state=_read_json(path / TRAINER_STATE),
+                            config=_read_json(path / CONFIG))
+
+
+def check_model_config(saved: dict[str, Any], current: dict[str, Any], source: str | Path) -> None:
+    """A checkpoint's model must match the run's; name every differing key."""
+    keys = sorted(set(saved) | set(current))
+    diffs = [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs run {current.get(k, '<absent>')!r}"
+             for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(f"{source}: model config differs from this run's: " + "; ".join(diffs))
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    target = unwrap_model(model)
+    own = target.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]})")
+    target.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- the small public API
+
+def _is_file_object(target: Any) -> bool:
+    return hasattr(target, "write") or hasattr(target, "read")
+
+
+def _blob(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> bytes:
+    tensors = {f"model/{k}": v for k, v in model_state_for_saving(model).items()}
+    opt_tensors, opt_meta = split_optimizer_state(optimizer.state_dict())
+    tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
+    metadata = {"format": "dist_llm.checkpoint", "iteration": str(int(iteration)),
+                "optimizer": json.dumps(opt_meta)}
+    return save_safetensors_bytes(tensors, metadata=metadata)
+
+
+def save_checkpoint(path: str | os.PathLike | BinaryIO, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, iteration: int) -> None:
+    """Save model + optimizer + iteration.
+
+    An open binary file gets one safetensors blob (metadata holds the iteration and optimizer scalars);
+    so does a path with a file suffix (e.g. `ckpt.safetensors`), written atomically; any other path
+    becomes a checkpoint directory in the trainer's format.
+    """
+    if _is_file_object(path):
+        path.write(_blob(model, optimizer, iteration))
+        return
+    path = Path(path)
+    if path.suffix and not path.is_dir():
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(_blob(model, optimizer, iteration))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    bare = unwrap_model(model)
+    config = {"model": bare.config.to_dict()} if hasattr(getattr(bare, "config", None), "to_dict") else {}
+    tmp_root = path.parent / f".tmp_{path.name}_{os.getpid()}"
+    written = write_checkpoint(tmp_root, iteration, model_state=model_state_for_saving(model),
+                               optimizer_state=optimizer.state_dict(), trainer_state={"step": int(iteration)},
+                               config=config)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(written, path)
+    shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def load_checkpoint(path: str | os.PathLike | BinaryIO, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None) -> int:
+    """Restore what save_checkpoint wrote (either form) into model and optimizer; return the iteration."""
+    if _is_file_object(path) or Path(path).is_file():
+        if _is_file_object(path):
+            data, source = path.read(), getattr(path, "name", "<file object>")
+        else:
+            data, source = Path(path).read_bytes(), path
+        try:
+            (header_len,) = struct.unpack("<Q", data[:8])
+            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+            tensors = load_safetensors_bytes(data)
+        except (struct.error, ValueError, SafetensorError) as e:
+            raise CheckpointError(f"{source}: not a readable checkpoint file ({e})") from None
+        if metadata.get("format") != "dist_llm.checkpoint":
+            raise CheckpointError(f"{source}: not a dist_llm checkpoint (metadata {metadata})")
+        load_model_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, source)
+        if optimizer is not None:
+            opt_tensors = {k[10:]: v for k, v in tensors.items() if k.startswith("optimizer/")}
+            opt_meta = json.loads(metadata["optimizer"])
+            optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_meta, optimizer))
+        return int(metadata["iteration"])
+    loaded = read_checkpoint(path, optimizer)
+    load_model_state(model, loaded.model_state, loaded.path)
+    if optimizer is not None:
+        if loaded.optimizer_state is None:
+            raise CheckpointError(f"{loaded.path}: has no optimizer state")
+        optimizer.load_state_dict(loaded.optimizer_state)
+    return int(loaded.trainer_state["step"])
+

@@ -1,0 +1,380 @@
+"""Run configuration: typed sections, TOML files, dotted command-line overrides, validation.
+
+Precedence: dataclass defaults < TOML file (`--config`) < command-line overrides
+(`--optim.max_lr=3e-4` or `--optim.max_lr 3e-4`). Everything is checked before any work starts: an
+unknown key gets a "did you mean" suggestion, a value of the wrong type or an impossible value names
+the key. The defaults are the CPU demo (`configs/tiny.toml` mirrors them), so `python -m dist_llm.train`
+works even from an installed package without the `configs/` directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+
+
+class ConfigError(ValueError):
+    """A config file or override is unknown, mistyped or impossible; the message names the key."""
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/tiny"  # run directory: config.json, metrics.jsonl, checkpoints/, final model
+    seed: int = 1337
+    resume: str = ""  # "" (start fresh), "auto" (newest complete checkpoint in dir) or a checkpoint path
+    cache_dir: str = "data_cache"  # tokenizers and token files, reused across runs
+
+
+@dataclass
+class ModelSection:
+    # Field names are exactly dist_llm.model.ModelConfig's, so the section converts directly.
+    vocab_size: int = 2048
+    context_length: int = 128
+    d_model: int = 192
+    num_layers: int = 3
+    num_heads: int = 6
+    d_ff: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attn_impl: str = "sdpa"
+
+
+@dataclass
+class TokenizerSection:
+    path: str = ""  # an existing tokenizer (dir or json); empty = train one with model.vocab_size
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    train_max_bytes: int = 0  # train BPE on at most this many bytes of the corpus (0 = all)
+    num_workers: int = 0  # 0 = one per CPU core
+
+
+@dataclass
+class DataSection:
+    inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
+    val_fraction: float = 0.02
+    num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
+
+
+@dataclass
+class OptimSection:
+    impl: str = "torch"  # "torch" (fused on CUDA, foreach otherwise) or "dist_llm" (the project's AdamW)
+    max_lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still computed and logged)
+
+
+@dataclass
+class TrainSection:
+    global_batch_tokens: int = 4096  # tokens per optimizer step, over all ranks and micro-steps
+    micro_batch_size: int = 16  # sequences per rank per forward/backward
+    max_steps: int = 600  # run length: give max_steps, max_tokens or num_epochs;
+    max_tokens: int = 0  # if several are given the run stops at the first one reached
+    num_epochs: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    compile: bool = False
+    skip_nonfinite: int = 0  # skip up to this many steps with a non-finite loss; 0 = stop at the first
+
+
+@dataclass
+class EvalSection:
+    interval: int = 100  # evaluate every N steps (0 = only at the end) and at the end of each epoch
+    num_windows: int = 64  # fixed validation windows, spread evenly over the validation split
+    batch_size: int = 16
+    sample_prompt: str = "The "
+    sample_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 40  # 0 = no top-k filtering
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = 0  # write every N steps (0 = only at the end)
+    keep_last: int = 2
+
+
+@dataclass
+class LogSection:
+    interval: int = 10  # steps between metrics.jsonl lines
+    progress_bar: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "dist_llm"
+
+
+@dataclass
+class DistSection:
+    device: str = "auto"  # auto (cuda > mps > cpu) | cuda | mps | cpu
+    backend: str = "auto"  # auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+    timeout_s: int = 1800
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    dist: DistSection = field(default_factory=DistSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        """Strict: unknown sections/keys and wrong types are errors. Validates the result."""
+        cfg = cls()
+        for section_name, values in data.items():
+            if not isinstance(values, dict):
+                hint = _suggest(section_name)
+                raise ConfigError(f"{source}: '{section_name}' must be a table of keys{hint}")
+            for key, value in values.items():
+                set_value(cfg, f"{section_name}.{key}", value, source)
+        validate(cfg)
+        return cfg
+
+
+def _section_types() -> dict[str, type]:
+    # Field.type is a string under `from __future__ import annotations`; get_type_hints resolves it.
+    return typing.get_type_hints(RunConfig)
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. 'optim.max_lr'."""
+    return [f"{name}.{f.name}" for name, cls in _section_types().items() for f in dataclasses.fields(cls)]
+
+
+def _suggest(key: str) -> str:
+    keys = all_keys()
+    candidates = keys + sorted({k.split(".")[0] for k in keys})
+    matches = difflib.get_close_matches(key, candidates, n=2, cutoff=0.5)
+    if not matches and "." in key:  # right key, wrong section: optimizer.max_lr -> optim.max_lr
+        leaf = key.rsplit(".", 1)[1]
+        matches = [k for k in keys if k.endswith("." + leaf)][:1]
+    return "; did you mean " + " or ".join(f"'{m}'" for m in matches) + "?" if matches else ""
+
+
+def _field_type(key: str) -> tuple[Any, type]:
+    """(the section dataclass type, the field's resolved type) for a dotted key, or ConfigError."""
+    section, _, name = key.partition(".")
+    sections = _section_types()
+    if section not in sections or not name:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    hints = typing.get_type_hints(sections[section])
+    if name not in hints:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    return sections[section], hints[name]
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is list:
+        return "a list of strings"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}[typ]
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Check a TOML/JSON value against the field type (ints are accepted where floats are expected)."""
+    ok = False
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(typ) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = list(value) if ok else value
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' expects {_type_name(typ)}, got {value!r}")
+    return value
+
+
+def _parse_cli_value(text: str, typ: Any, key: str) -> Any:
+    """Turn a command-line string into the field's type."""
+    try:
+        if typ is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            try:
+                return int(text.replace("_", ""))
+            except ValueError:
+                as_float = float(text)  # allow 1e6 for integer counts, but not 2.5
+                if not as_float.is_integer():
+                    raise
+                return int(as_float)
+        if typ is float:
+            return float(text)
+        if typing.get_origin(typ) is list:
+            if text.strip().startswith("["):
+                return tomllib.loads(f"v = {text}")["v"]
+            return [part for part in text.split(",") if part]
+        return text
+    except (ValueError, tomllib.TOMLDecodeError):
+        raise ConfigError(f"command line: '{key}' expects {_type_name(typ)}, got {text!r}") from None
+
+
+def set_value(cfg: RunConfig, key: str, value: Any, source: str = "command line") -> None:
+    """Set a dotted key; strings from the command line are parsed, other values type-checked."""
+    _, typ = _field_type(key)
+    if source == "command line" and isinstance(value, str):
+        value = _parse_cli_value(value, typ, key)
+    value = _coerce(value, typ, key, source)
+    section, _, name = key.partition(".")
+    setattr(getattr(cfg, section), name, value)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"'{key}' {message}")
+
+
+def _check_bounds(cfg: RunConfig, keys: str, low: float, inclusive: bool = True) -> None:
+    """Each of the space-separated dotted keys must be >= low (or > low)."""
+    for key in keys.split():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        ok = value >= low if inclusive else value > low
+        _require(ok, key, f"must be {'>=' if inclusive else '>'} {low}, got {value}")
+
+
+def _check_choice(cfg: RunConfig, key: str, choices: tuple[str, ...]) -> None:
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    _require(value in choices, key, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible values before any work starts. World-size checks happen at launch."""
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    _check_bounds(cfg, "model.vocab_size model.context_length model.d_model model.num_layers "
+                       "model.num_heads model.d_ff model.rope_theta model.norm_eps optim.max_lr optim.eps "
+                       "train.micro_batch_size eval.num_windows eval.batch_size log.interval dist.timeout_s",
+                  0, inclusive=False)
+    _check_bounds(cfg, "optim.min_lr optim.warmup_steps optim.weight_decay optim.beta1 optim.beta2 "
+                       "optim.grad_clip train.max_steps train.max_tokens train.num_epochs "
+                       "train.skip_nonfinite eval.interval eval.sample_tokens eval.temperature eval.top_k "
+                       "checkpoint.interval tokenizer.train_max_bytes tokenizer.num_workers "
+                       "data.num_workers", 0)
+    _check_bounds(cfg, "checkpoint.keep_last", 1)
+    _require(m.d_model % m.num_heads == 0, "model.d_model",
+             f"({m.d_model}) must be divisible by model.num_heads ({m.num_heads})")
+    _require((m.d_model // m.num_heads) % 2 == 0, "model.num_heads",
+             f"gives an odd head size {m.d_model // m.num_heads}; RoPE rotates pairs, so it must be even")
+    _check_choice(cfg, "model.attn_impl", ("sdpa", "reference"))
+    _check_choice(cfg, "optim.impl", ("torch", "dist_llm"))
+    _check_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
+    _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))
+    _require(cfg.dist.device.split(":")[0] in ("auto", "cuda", "mps", "cpu"), "dist.device",
+             f"must be auto, cuda[:N], mps or cpu; got {cfg.dist.device!r}")
+    val_fraction = cfg.data.val_fraction
+    _require(0 < val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {val_fraction}")
+    _require(o.min_lr <= o.max_lr, "optim.min_lr", f"({o.min_lr}) must not exceed optim.max_lr ({o.max_lr})")
+    _require(o.beta1 < 1 and o.beta2 < 1, "optim.beta1" if o.beta1 >= 1 else "optim.beta2", "must be below 1")
+    micro_tokens = t.micro_batch_size * m.context_length
+    divisible = t.global_batch_tokens % micro_tokens == 0
+    _require(t.global_batch_tokens > 0 and divisible, "train.global_batch_tokens",
+             f"({t.global_batch_tokens}) must be a positive multiple of train.micro_batch_size x "
+             f"model.context_length = {t.micro_batch_size} x {m.context_length} = {micro_tokens}")
+    _require(t.max_steps > 0 or t.max_tokens > 0 or t.num_epochs > 0, "train.max_steps",
+             "is 0 and so are train.max_tokens and train.num_epochs: give at least one run length")
+    known = [s for s in (t.max_steps, -(-t.max_tokens // t.global_batch_tokens)) if s > 0]
+    if known:  # with num_epochs alone the length is only known once the data is prepared
+        _require(o.warmup_steps < min(known), "optim.warmup_steps",
+                 f"({o.warmup_steps}) must be shorter than the run ({min(known)} steps)")
+
+
+USAGE = """usage: python -m dist_llm.train [--config FILE.toml] [--resume auto|PATH] [--SECTION.KEY=VALUE ...]
+
+Without --config, configs/tiny.toml (the CPU demo) is used. Keys and their defaults:
+"""
+
+
+def usage() -> str:
+    defaults = RunConfig().to_dict()
+    lines = [f"  --{key}={defaults[key.split('.')[0]][key.split('.')[1]]!r}" for key in all_keys()]
+    return USAGE + "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> RunConfig:
+    """`--config PATH`, `--resume X` and dotted overrides in either `--k=v` or `--k v` form."""
+    config_path: str | None = None
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        key, has_value, value = arg[2:].partition("=")
+        if not has_value:
+            next_is_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            if next_is_value:
+                value, i = argv[i + 1], i + 1
+            elif key in ("config", "resume") or _field_type(key)[1] is not bool:
+                raise ConfigError(f"'--{key}' needs a value")
+            else:
+                value = "true"  # a bare boolean flag: --train.compile
+        if key == "config":
+            config_path = value
+        elif key == "resume":
+            overrides.append(("run.resume", value))
+        else:
+            _field_type(key)  # fail early on unknown keys, with a suggestion
+            overrides.append((key, value))
+        i += 1
+    return load_config(config_path, overrides)
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] | None = None) -> RunConfig:
+    """Defaults, then the TOML file (configs/tiny.toml when none is given and it exists), then overrides."""
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    cfg = RunConfig()
+    if path is not None:
+        for section_name, values in load_toml(path).items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: '{section_name}' is not a [section]{_suggest(section_name)}")
+            for key, value in values.items():
+                set_value(cfg, f"{section_name}.{key}", value, source=str(path))
+    for key, value in overrides or []:
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,102 @@
+"""Config loading: TOML files, dotted overrides, and errors that name the key before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dist_llm.config import ConfigError, RunConfig, load_config, load_toml, parse_args
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_overrides_in_both_forms_and_precedence(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[optim]\nmax_lr = 1e-3\nwarmup_steps = 5\n[train]\nmax_steps = 100\n'
+                    '[data]\ninputs = ["a.txt"]\n')
+    cfg = parse_args(["--config", str(toml), "--optim.max_lr=3e-4", "--train.max_steps", "200",
+                      "--train.compile", "--run.dir=runs/exp1", "--resume", "auto",
+                      "--data.inputs=x.txt,y.txt", "--model.rope_theta", "500000"])
+    assert cfg.optim.max_lr == 3e-4 and cfg.optim.warmup_steps == 5  # file value kept where not overridden
+    assert cfg.train.max_steps == 200 and cfg.train.compile is True
+    assert cfg.run.dir == "runs/exp1" and cfg.run.resume == "auto"
+    assert cfg.data.inputs == ["x.txt", "y.txt"]
+    assert cfg.model.rope_theta == 500000.0 and isinstance(cfg.model.rope_theta, float)
+    assert parse_args(["--config", str(toml), '--data.inputs=["p q.txt"]']).data.inputs == ["p q.txt"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--optim.lr=1e-3"], "unknown config key 'optim.lr'; did you mean 'optim.min_lr' or 'optim.max_lr'"),
+    (["--optimizer.max_lr=1e-3"], "did you mean 'optim.max_lr'"),
+    (["--train.max_step=10"], "did you mean 'train.max_steps'"),
+    (["--model.d_model=100"], "'model.d_model' (100) must be divisible by model.num_heads"),
+    (["--optim.max_lr=-1"], "'optim.max_lr' must be > 0"),
+    (["--optim.warmup_steps=10000"], "'optim.warmup_steps' (10000) must be shorter than the run"),
+    (["--train.max_steps=ten"], "'train.max_steps' expects an integer, got 'ten'"),
+    (["--train.max_steps=2.5"], "'train.max_steps' expects an integer"),
+    (["--train.compile=maybe"], "'train.compile' expects a boolean"),
+    (["--train.precision=fp8"], "'train.precision' must be one of fp32, bf16, fp16"),
+    (["--train.global_batch_tokens=1000"], "'train.global_batch_tokens' (1000) must be a positive multiple"),
+    (["--train.max_steps=0"], "give at least one run length"),
+    (["--checkpoint.keep_last=0"], "'checkpoint.keep_last' must be >= 1"),
+    (["--optim.max_lr"], "'--optim.max_lr' needs a value"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--config", "/nonexistent/x.toml"], "config file not found: /nonexistent/x.toml"),
+])
+def test_bad_command_lines_are_rejected_naming_the_key(argv, message):
+    with pytest.raises(ConfigError) as info:
+        parse_args(argv)
+    assert message in str(info.value)
+
+
+def test_bad_toml_values_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nmax_lr = "fast"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: 'optim.max_lr' expects a number, got 'fast'"):
+        load_config(bad)
+    bad.write_text("[trian]\nmax_steps = 3\n")
+    with pytest.raises(ConfigError, match=r"key 'trian.max_steps'; did you mean 'train.max_steps'"):
+        load_config(bad)
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text("[model]\nnum_layers = true\n")
+    with pytest.raises(ConfigError, match="'model.num_layers' expects an integer, got True"):
+        load_config(bad)
+
+
+def test_max_tokens_sets_the_run_length_for_the_warmup_check():
+    with pytest.raises(ConfigError, match=r"must be shorter than the run \(2 steps\)"):
+        parse_args(["--train.max_steps=0", "--train.max_tokens=8192", "--train.global_batch_tokens=4096",
+                    "--optim.warmup_steps=2"])
+
+
+def test_dict_round_trip_is_strict():
+    cfg = parse_args(["--optim.max_lr=5e-4"])
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    broken = cfg.to_dict()
+    broken["model"]["n_layers"] = 4
+    with pytest.raises(ConfigError, match="did you mean 'model.num_layers'"):
+        RunConfig.from_dict(broken)
+
+
+def test_default_config_file_mirrors_the_dataclass_defaults():
+    # `python -m dist_llm.train` must behave the same with or without the configs/ directory.
+    cfg = RunConfig()
+    for section, values in load_toml(CONFIGS / "tiny.toml").items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, f"configs/tiny.toml {section}.{key}"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tinystories-17m", "gpt2-small", "gpt2-medium"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    assert dataclasses.asdict(cfg)["model"]["d_model"] % cfg.model.num_heads == 0
+
+
+def test_tinystories_recipe():
+    m = load_config(CONFIGS / "tinystories-17m.toml").model
+    assert (m.vocab_size, m.context_length, m.d_model, m.num_layers, m.num_heads, m.d_ff, m.rope_theta) == (
+        10000, 256, 512, 4, 16, 1344, 10000.0)
