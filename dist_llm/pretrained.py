@@ -1,0 +1,229 @@
+"""Load a trained model and its tokenizer from a run directory or a checkpoint directory.
+
+The one place the after-training commands (generate, evaluate, export) find their inputs, so that all of
+them accept the same directories and fail with the same clear messages. Layout (written by the trainer):
+
+    RUN/model.safetensors, RUN/config.json          final weights + run config ("model" key: ModelConfig)
+    RUN/tokenizer/dist_llm_tokenizer.json           the tokenizer
+    RUN/checkpoints/step_00001000/                  model.safetensors, config.json, ..., COMPLETE (last)
+
+A run directory without a final model (training stopped early) falls back to its newest complete
+checkpoint, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dist_llm.export.atomic import atomic_write, atomic_write_json
+from dist_llm.model import ModelConfig, TransformerLM
+from dist_llm.tokenizer import Tokenizer
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+COMPLETE_MARKER = "COMPLETE"
+TOKENIZER_DIR = "tokenizer"
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+class PretrainedError(ValueError):
+    """A directory that does not hold a loadable model, config or tokenizer."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights, config and tokenizer of one model are."""
+
+    model_dir: Path  # holds model.safetensors and config.json (a run dir or a checkpoint dir)
+    tokenizer_dir: Path
+    note: str | None = None  # set when we fell back from the run's final model to a checkpoint
+
+
+def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step among RUN/checkpoints/step_*/ that carry a COMPLETE marker."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    complete = [
+        (int(m.group(1)), d)
+        for d in ckpt_root.iterdir()
+        if (m := _STEP_DIR.fullmatch(d.name)) and (d / COMPLETE_MARKER).is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def _tokenizer_dir_for(model_dir: Path) -> Path:
+    # A checkpoint lives at RUN/checkpoints/step_N/: its tokenizer is the run's, two levels up.
+    candidates = [model_dir / TOKENIZER_DIR]
+    if model_dir.parent.name == "checkpoints":
+        candidates.append(model_dir.parent.parent / TOKENIZER_DIR)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise PretrainedError(
+        f"{model_dir}: no tokenizer found; looked for "
+        + " and ".join(str(c / "dist_llm_tokenizer.json") for c in candidates)
+    )
+
+
+def resolve_checkpoint(checkpoint_dir: str | Path) -> ModelSource:
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise PretrainedError(f"{ckpt}: checkpoint directory not found")
+    if not (ckpt / COMPLETE_MARKER).is_file():
+        raise PretrainedError(
+            f"{ckpt}: checkpoint is incomplete (no {COMPLETE_MARKER} marker); it was interrupted while being "
+            "written. Use an older checkpoint or the run directory"
+        )
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (ckpt / name).is_file():
+            raise PretrainedError(f"{ckpt}: checkpoint has no {name}")
+    return ModelSource(ckpt, _tokenizer_dir_for(ckpt))
+
+
+def resolve_run(run_dir: str | Path) -> ModelSource:
+    """The run's final model, else its newest complete checkpoint (with a note saying so)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise PretrainedError(f"{run}: run directory not found")
+    if (run / MODEL_FILE).is_file():
+        if not (run / CONFIG_FILE).is_file():
+            raise PretrainedError(f"{run}: has {MODEL_FILE} but no {CONFIG_FILE}")
+        return ModelSource(run, _tokenizer_dir_for(run))
+    if (run / COMPLETE_MARKER).is_file():  # a checkpoint directory given as --run
+        return resolve_checkpoint(run)
+    ckpt = newest_complete_checkpoint(run)
+    if ckpt is None:
+        raise PretrainedError(
+            f"{run}: no final model ({MODEL_FILE}) and no complete checkpoint "
+            f"(checkpoints/step_*/ with a {COMPLETE_MARKER} marker); has training written anything yet?"
+        )
+    source = resolve_checkpoint(ckpt)
+    note = (
+        f"{run} has no final {MODEL_FILE} (training did not finish); "
+        f"using the newest complete checkpoint {ckpt}"
+    )
+    return ModelSource(source.model_dir, source.tokenizer_dir, note)
+
+
+def read_model_config(model_dir: str | Path) -> ModelConfig:
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PretrainedError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise PretrainedError(f'{path}: expected a JSON object with a "model" object holding the ModelConfig')
+    try:
+        return ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as e:
+        raise PretrainedError(f'{path}: bad "model" config: {e}') from None
+
+
+def read_state_dict(model_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(model_dir) / MODEL_FILE
+    try:
+        return load_file(path, device=str(device))
+    except FileNotFoundError:
+        raise PretrainedError(f"{path}: not found") from None
+    except SafetensorError as e:
+        raise PretrainedError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_weights_match(state_dict: dict[str, torch.Tensor], model: TransformerLM, source: str) -> None:
+    """Same names and shapes as `model`, or an error listing the differences (not torch's wall of text)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [f"{k} {tuple(state_dict[k].shape)} != {expected[k]}"
+             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
+    if wrong:
+        problems.append(f"shape mismatches (file != config) {wrong[:4]}")
+    if problems:
+        raise PretrainedError(f"{source}: weights do not match config.json: {'; '.join(problems)}")
+
+
+def load_model(source: ModelSource, device: str | torch.device = "cpu") -> TransformerLM:
+    """The model in eval mode on `device`, weights as stored (float32 per the run layout)."""
+    cfg = read_model_config(source.model_dir)
+    state_dict = read_state_dict(source.model_dir, device)
+    model = TransformerLM.from_config(cfg, device=device)
+    check_weights_match(state_dict, model, str(source.model_dir / MODEL_FILE))
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def load_tokenizer(source: ModelSource) -> Tokenizer:
+    try:
+        return Tokenizer.load(source.tokenizer_dir)
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{source.tokenizer_dir}: cannot load the tokenizer: {e}") from None
+
+
+def save_pretrained(
+    out_dir: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer | None = None,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write a run-directory-shaped model: model.safetensors (float32), config.json, tokenizer/.
+
+    Each file is written atomically; callers that must not leave a partial directory build it under a
+    temporary name first (see dist_llm.export.convert).
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
+    atomic_write(out_dir / MODEL_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write_json(out_dir / CONFIG_FILE, {"model": cfg.to_dict(), **(extra_config or {})})
+    if tokenizer is not None:
+        tokenizer.save(out_dir / TOKENIZER_DIR)
+    return out_dir
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' prefers CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise PretrainedError(f"--device {name!r}: {e}") from None
+
+
+def load_pretrained(
+    *, run: str | Path | None = None, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[TransformerLM, Tokenizer, ModelSource]:
+    """Model + tokenizer from exactly one of a run directory or a checkpoint directory."""
+    if (run is None) == (checkpoint is None):
+        raise PretrainedError("give exactly one of a run directory or a checkpoint directory")
+    source = resolve_run(run) if run is not None else resolve_checkpoint(checkpoint)
+    model = load_model(source, device)
+    tokenizer = load_tokenizer(source)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise PretrainedError(
+            f"{source.tokenizer_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model in "
+            f"{source.model_dir} only {model.config.vocab_size}; they do not belong together"
+        )
+    return model, tokenizer, source
