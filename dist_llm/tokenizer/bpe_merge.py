@@ -4,7 +4,8 @@ Data layout (all integers, so the hot loop does no bytes concatenation or tuple 
 - token ids: 0..255 are the single bytes, 256 + k is the token made by merge k;
 - `words[w]`: a distinct pre-token as a list of token ids, merged in place; `counts[w]` its count;
 - `pair_counts[key]`, key = (left << shift) | right: how often the pair occurs in the corpus;
-- `where[key]`: indices of the words that contain (or once contained) the pair;
+- `where[key]`: indices of the words that contain (or once contained) the pair, appended as pairs
+  appear; stale or repeated entries are harmless, a visit to a word without the pair changes nothing;
 - `heap`: a max-heap of (-count, tie_key(left), tie_key(right), key) with lazy invalidation.
 
 Each merge touches only the words in `where[pair]`. A pair's count can only grow in the merge that
@@ -46,13 +47,12 @@ def learn_merges(
     words = [list(w) for w in word_counts if len(w) > 1]
     counts = [c for w, c in word_counts.items() if len(w) > 1]
     pair_counts: dict[int, int] = defaultdict(int)
-    where: dict[int, set[int]] = defaultdict(set)
+    where: dict[int, list[int]] = defaultdict(list)
     for wi, word in enumerate(words):
         c = counts[wi]
-        for left, right in zip(word, word[1:], strict=False):
-            key = left << shift | right
+        for key in [left << shift | right for left, right in zip(word, word[1:], strict=False)]:
             pair_counts[key] += c
-            where[key].add(wi)
+            where[key].append(wi)
     pair_counts = dict(pair_counts)
     heap = [(-c, tie_key[k >> shift], tie_key[k & mask], k) for k, c in pair_counts.items()]
     heapq.heapify(heap)
@@ -60,21 +60,25 @@ def learn_merges(
     from tqdm import tqdm
 
     merges: list[tuple[bytes, bytes]] = []
+    heappop, heappush = heapq.heappop, heapq.heappush
     bar = tqdm(total=num_merges, desc="merge", unit="merge", disable=not progress)
     while len(merges) < num_merges and heap:
-        neg_count, left_key, right_key, key = heapq.heappop(heap)
+        neg_count, left_key, right_key, key = heappop(heap)
         count = pair_counts.get(key, 0)
         if count != -neg_count:
             if count > 0:  # stale: the pair lost occurrences since this entry was pushed
-                heapq.heappush(heap, (-count, left_key, right_key, key))
+                heappush(heap, (-count, left_key, right_key, key))
             continue
         a, b = key >> shift, key & mask
         new = len(token_bytes)
         merges.append((token_bytes[a], token_bytes[b]))
         token_bytes.append(token_bytes[a] + token_bytes[b])
         tie_key.append(reverse_order_key(token_bytes[new]))
-        _apply_merge(a, b, new, words, counts, where.pop(key), pair_counts, where, heap, tie_key, shift)
+        new_pairs = _merge_in_words(a, b, new, words, counts, where.pop(key), pair_counts, where, shift)
         del pair_counts[key]  # no occurrence is left after a left-to-right merge of every match
+        for k, c in new_pairs.items():
+            pair_counts[k] = c
+            heappush(heap, (-c, tie_key[k >> shift], tie_key[k & mask], k))
         if len(merges) % 256 == 0:
             bar.update(256)
     bar.update(len(merges) - bar.n)
@@ -82,51 +86,59 @@ def learn_merges(
     return merges
 
 
-def _apply_merge(a, b, new, words, counts, word_ids, pair_counts, where, heap, tie_key, shift) -> None:
-    """Merges every (a, b) in the given words in place and updates the pair statistics.
+def _merge_in_words(a, b, new, words, counts, word_ids, pair_counts, where, shift) -> dict[int, int]:
+    """Merges every (a, b) in the given words in place; returns the counts of the new pairs.
 
-    Removed pairs: for each match at i, (a, b) itself, (word[i-1], a) unless word[i-1] is the token
-    just made by the previous, adjacent match (that pair (b, a) was already counted as the right
-    neighbour of that match), and (b, word[i+2]). Added pairs are read off the merged word around
-    each new token, (new, new) counted once. Counts of (a, b) itself go stale: it is deleted after.
+    For a match at i (the word already merged up to i), removed pairs are (a, b) itself (its count
+    is dropped by the caller), (word[i-1], a) and (b, word[i+2]); added are (word[i-1], new) and
+    (new, word[i+2]). Two adjacent matches "a b a b" share the pair (b, a): it is removed once, as
+    the first match's right neighbour, and (new, new) is added once, by the second match (the
+    first one sees that its right neighbour is about to be merged too).
     """
     new_pairs: dict[int, int] = {}
+    get = new_pairs.get
     new_left = new << shift
+    b_left = b << shift
+    same = a == b
     for wi in word_ids:
         word = words[wi]
+        todo = word.count(a)  # each a is looked at once (or consumed as b when a == b)
+        if not todo:
+            continue
         n = len(word)
+        if n == 2:  # the common short case: no neighbours, no pair statistics to change
+            if word[1] == b and word[0] == a:
+                word.pop()
+                word[0] = new
+            continue
         c = counts[wi]
         i = 0
-        made = []
-        while True:
-            try:
-                i = word.index(a, i, n - 1)
-            except ValueError:
-                break
-            if word[i + 1] != b:
+        while todo:
+            i = word.index(a, i)
+            todo -= 1
+            if i + 1 == n or word[i + 1] != b:
                 i += 1
                 continue
+            if same:
+                todo -= 1
+            word[i] = new
+            del word[i + 1]
+            n -= 1
             if i:
                 left = word[i - 1]
                 if left != new:
                     pair_counts[left << shift | a] -= c
-            if i + 2 < n:
-                pair_counts[b << shift | word[i + 2]] -= c
-            word[i] = new
-            del word[i + 1]
-            n -= 1
-            made.append(i)
+                    k = left << shift | new
+                else:
+                    k = new_left | new
+                new_pairs[k] = get(k, 0) + c
+                where[k].append(wi)
             i += 1
-        for i in made:
-            if i:
-                key = word[i - 1] << shift | new
-                new_pairs[key] = new_pairs.get(key, 0) + c
-                where[key].add(wi)
-            if i + 1 < n and word[i + 1] != new:
-                key = new_left | word[i + 1]
-                new_pairs[key] = new_pairs.get(key, 0) + c
-                where[key].add(wi)
-    mask = (1 << shift) - 1
-    for key, c in new_pairs.items():
-        pair_counts[key] = c
-        heapq.heappush(heap, (-c, tie_key[key >> shift], tie_key[key & mask], key))
+            if i < n:
+                right = word[i]
+                pair_counts[b_left | right] -= c
+                if right != a or i + 1 == n or word[i + 1] != b:
+                    k = new_left | right
+                    new_pairs[k] = get(k, 0) + c
+                    where[k].append(wi)
+    return new_pairs
