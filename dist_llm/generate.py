@@ -113,29 +113,28 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
 
-def _prompts(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> Iterator[str]:
+def _prompts(prompt: str | None) -> Iterator[str]:
     """The --prompt; else one prompt per line typed at a terminal; else all of piped stdin as one prompt."""
-    if args.prompt is not None:
-        yield args.prompt
-    elif stdin.isatty():
+    if prompt is not None:
+        yield prompt
+    elif sys.stdin.isatty():
         print("Interactive mode: type a prompt and press Enter; Ctrl-D to quit.", file=sys.stderr)
         while True:
             try:
                 line = input("> ")
             except (EOFError, KeyboardInterrupt):
-                print(file=out)
+                print()
                 return
             yield line
     else:
-        yield stdin.read()
+        yield sys.stdin.read()
 
 
-def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    stdin = stdin if stdin is not None else sys.stdin
-    out = out if out is not None else sys.stdout
+    out = sys.stdout
     try:
         device = pick_device(args.device)
         model, tokenizer, source = load_pretrained(run=args.run, checkpoint=args.checkpoint, device=device)
@@ -148,7 +147,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, out: Te
     print(f"loaded {source.model_dir} ({millions:.1f}M parameters) on {device}", file=sys.stderr)
 
     with torch.inference_mode():
-        for prompt in _prompts(args, stdin, out):
+        for prompt in _prompts(args.prompt):
             for i in range(args.num_samples):
                 if args.num_samples > 1:
                     out.write(f"--- sample {i + 1}/{args.num_samples} ---\n")
