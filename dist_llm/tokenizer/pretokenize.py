@@ -5,6 +5,7 @@ Both training and encoding go through these helpers, so they split text in exact
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -16,6 +17,19 @@ from .errors import TokenizerError
 # led by one space), and whitespace runs; `\s+(?!\S)` leaves the last space of a run to the word after it.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)
+
+# The same pattern for pure-ASCII text, spelled with ASCII classes so the stdlib `re` engine can run
+# it (about 1.6x faster than `regex` here). On ASCII, \p{L} is [A-Za-z], \p{N} is [0-9], and the
+# `regex` module's \s is exactly these six characters (unlike `re`'s \s, which adds \x1c-\x1f).
+_WS = r"\t\n\x0b\x0c\r "
+ASCII_REGEX = re.compile(
+    rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"""
+)
+
+
+def pretokenize(text: str) -> list[str]:
+    """The GPT-2 pre-tokens of `text` (no special-token handling); str.isascii() is O(1)."""
+    return ASCII_REGEX.findall(text) if text.isascii() else GPT2_REGEX.findall(text)
 
 
 def validate_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
@@ -58,8 +72,7 @@ def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[s
     """
     counts: Counter[str] = Counter()
     segments = special_regex.split(text) if special_regex is not None else (text,)
-    findall = GPT2_REGEX.findall
     for segment in segments:
         if segment:
-            counts.update(findall(segment))
+            counts.update(pretokenize(segment))
     return counts

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from itertools import chain
+from itertools import chain, repeat
 
 from .errors import TokenizerError
-from .pretokenize import GPT2_REGEX, special_token_regex, validate_special_tokens
+from .pretokenize import pretokenize, special_token_regex, validate_special_tokens
 
-# Pre-token ids are cached; the cache is dropped when it grows past this many entries, so memory
+# Pre-token ids are cached; the cache is dropped when it has grown past this many entries, so memory
 # stays bounded on endless streams.
 _CACHE_LIMIT = 1 << 20
 
@@ -72,7 +72,13 @@ class Tokenizer:
                     )
             self._rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
-        self._cache: dict[str, list[int]] = {}
+        # Tokens that BPE turns back into themselves: a pre-token with those bytes needs no merging
+        # (usually almost all of them; the rest still go through the merges, so results are exact).
+        self._whole_tokens: dict[bytes, tuple[int]] = {}
+        for token_id in self._merged_id:
+            if self._bpe_bytes(self.vocab[token_id]) == (token_id,):
+                self._whole_tokens[self.vocab[token_id]] = (token_id,)
+        self._cache = _PieceCache(self._bpe)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -108,35 +114,51 @@ class Tokenizer:
         )
 
     # ------------------------------------------------------------------ encoding
-    def _bpe(self, piece: str) -> list[int]:
-        """Merges one pre-token: repeatedly the adjacent pair of lowest merge rank, leftmost first."""
+    def _bpe(self, piece: str) -> tuple[int, ...]:
+        """The ids of one pre-token (called on a cache miss)."""
         data = piece.encode("utf-8")
+        whole = self._whole_tokens.get(data)
+        return whole if whole is not None else self._bpe_bytes(data)
+
+    def _bpe_bytes(self, data: bytes) -> tuple[int, ...]:
+        """Merges a byte string: repeatedly the adjacent pair of lowest merge rank, leftmost first.
+
+        `ranks[i]` is the rank of the pair (ids[i], ids[i+1]); after a merge only the two pairs
+        around the new token change, so the min/index scans are the only work per merge (both in C).
+        """
         ids = list(data) if self._bytes_are_ids else [self._byte_ids[c] for c in data]
+        n = len(ids)
+        if n == 1:
+            return tuple(ids)
         rank_get = self._rank.get
-        no_merge = len(self._merged_id)
-        while len(ids) > 1:
-            ranks = [rank_get(pair, no_merge) for pair in zip(ids, ids[1:], strict=False)]
+        merged_id = self._merged_id
+        no_merge = len(merged_id)
+        ranks = list(map(rank_get, zip(ids, ids[1:], strict=False), repeat(no_merge)))
+        while True:
             best = min(ranks)
             if best == no_merge:
                 break
             i = ranks.index(best)
-            ids[i : i + 2] = (self._merged_id[best],)
-        return ids
+            new = merged_id[best]
+            ids[i] = new
+            del ids[i + 1]
+            del ranks[i]
+            n -= 1
+            if n == 1:
+                break
+            if i:
+                ranks[i - 1] = rank_get((ids[i - 1], new), no_merge)
+            if i < n - 1:
+                ranks[i] = rank_get((new, ids[i + 1]), no_merge)
+        return tuple(ids)
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
-        cache = self._cache
-        unseen = set(pieces).difference(cache)
-        if unseen:
-            if len(cache) + len(unseen) > _CACHE_LIMIT:
-                cache.clear()
-                unseen = set(pieces)
-            bpe = self._bpe
-            for piece in unseen:
-                cache[piece] = bpe(piece)
-        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+        return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        return self._encode_pieces(GPT2_REGEX.findall(text)) if text else []
+        return self._encode_pieces(pretokenize(text)) if text else []
 
     def encode(self, text: str) -> list[int]:
         """Encodes a string to token ids; special tokens (longest match first) map to their own id."""
@@ -173,7 +195,7 @@ class Tokenizer:
                 ids.append(self._special_id[m.group()])
                 pos = m.end()
         if limit > pos:
-            pieces = GPT2_REGEX.findall(buf[pos:limit])
+            pieces = pretokenize(buf[pos:limit])
             pieces.pop()
             ids += self._encode_pieces(pieces)
             pos += sum(map(len, pieces))
@@ -233,6 +255,19 @@ class Tokenizer:
 
         vocab, merges = read_gpt2_files(vocab_path, merges_path)
         return cls(vocab, merges, special_tokens)
+
+
+class _PieceCache(dict):
+    """pre-token -> ids; a miss runs BPE and stores the result. Lookups stay in C (dict.__getitem__),
+    only misses call back into Python, so no separate pass is needed to find unseen pre-tokens."""
+
+    def __init__(self, bpe) -> None:
+        super().__init__()
+        self._bpe = bpe
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self[piece] = self._bpe(piece)
+        return ids
 
 
 def _checked_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
