@@ -19,8 +19,9 @@ from typing import TextIO
 
 import torch
 
+from dist_llm.distributed import DistributedError, select_device
 from dist_llm.model import TransformerLM, generate_stream
-from dist_llm.pretrained import PretrainedError, load_pretrained, pick_device
+from dist_llm.pretrained import PretrainedError, load_pretrained
 from dist_llm.tokenizer import Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
@@ -136,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(parser, args)
     out = sys.stdout
     try:
-        device = pick_device(args.device)
+        device = select_device(args.device)
         model, tokenizer, source = load_pretrained(run=args.run, checkpoint=args.checkpoint, device=device)
-    except PretrainedError as e:
+    except (PretrainedError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if source.note:

@@ -199,19 +199,6 @@ def save_pretrained(
     return out_dir
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' prefers CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise PretrainedError(f"--device {name!r}: {e}") from None
-
-
 def load_pretrained(
     *, run: str | Path | None = None, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> tuple[TransformerLM, Tokenizer, ModelSource]:

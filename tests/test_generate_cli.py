@@ -180,3 +180,10 @@ def test_module_entry_point(run):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Ça va") and result.stdout.endswith("\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_unavailable_device_is_a_clear_error(run, capsys):
+    run_dir, _, _ = run
+    assert main(["--run", str(run_dir), "--prompt", "x", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
