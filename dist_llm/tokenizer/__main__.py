@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             path = Tokenizer(vocab, merges, args.special_token).save(args.out)
             elapsed = time.perf_counter() - start
             print(f"trained {len(vocab)} tokens ({len(merges)} merges) in {elapsed:.2f}s -> {path}")
+            if len(vocab) < args.vocab_size:
+                print(f"note: the corpus ran out of pairs to merge before --vocab-size {args.vocab_size}")
         elif args.command == "encode":
             from .tokenizer import Tokenizer
 
