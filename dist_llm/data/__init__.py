@@ -1,0 +1,43 @@
+"""Corpus preparation into memory-mapped token files, and sharded, resumable batch loading.
+
+    python -m dist_llm.data.prepare --input PATH [PATH ...] --tokenizer DIR --out DIR [--workers N]
+
+Modules, one idea each: sources (finding and chunking inputs), prepare (parallel tokenization to
+token files + meta.json), builtin_corpus (the stdlib-docs corpus), memmap_tokens (windows over a
+token file), sampler (the global resumable sample order), loader (ShardedBatchLoader, get_batch).
+
+Importing this package is cheap: names are resolved on first use, so neither numpy nor torch is
+imported until a data class or function is actually needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataError": "dist_llm.data.sources",
+    "resolve_inputs": "dist_llm.data.sources",
+    "prepare_corpus": "dist_llm.data.prepare",
+    "builtin_corpus_path": "dist_llm.data.builtin_corpus",
+    "MemmapTokens": "dist_llm.data.memmap_tokens",
+    "read_meta": "dist_llm.data.meta",
+    "GlobalWindowStream": "dist_llm.data.sampler",
+    "ShardedBatchLoader": "dist_llm.data.loader",
+    "get_batch": "dist_llm.data.loader",
+    "resolve_device": "dist_llm.data.loader",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dist_llm.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
