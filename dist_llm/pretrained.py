@@ -14,22 +14,21 @@ checkpoint, and says so.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dist_llm.checkpoint import COMPLETE as COMPLETE_MARKER
+from dist_llm.checkpoint import CheckpointError, find_latest_checkpoint, verify_checkpoint
 from dist_llm.export.atomic import atomic_write, atomic_write_json
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.tokenizer import Tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-COMPLETE_MARKER = "COMPLETE"
 TOKENIZER_DIR = "tokenizer"
-_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 class PretrainedError(ValueError):
@@ -43,19 +42,6 @@ class ModelSource:
     model_dir: Path  # holds model.safetensors and config.json (a run dir or a checkpoint dir)
     tokenizer_dir: Path
     note: str | None = None  # set when we fell back from the run's final model to a checkpoint
-
-
-def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest step among RUN/checkpoints/step_*/ that carry a COMPLETE marker."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    if not ckpt_root.is_dir():
-        return None
-    complete = [
-        (int(m.group(1)), d)
-        for d in ckpt_root.iterdir()
-        if (m := _STEP_DIR.fullmatch(d.name)) and (d / COMPLETE_MARKER).is_file()
-    ]
-    return max(complete)[1] if complete else None
 
 
 def _tokenizer_dir_for(model_dir: Path) -> Path:
@@ -81,6 +67,10 @@ def resolve_checkpoint(checkpoint_dir: str | Path) -> ModelSource:
             f"{ckpt}: checkpoint is incomplete (no {COMPLETE_MARKER} marker); it was interrupted while being "
             "written. Use an older checkpoint or the run directory"
         )
+    try:  # every file the COMPLETE manifest lists is there, with the size that was written
+        verify_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise PretrainedError(str(e)) from None
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (ckpt / name).is_file():
             raise PretrainedError(f"{ckpt}: checkpoint has no {name}")
@@ -98,7 +88,7 @@ def resolve_run(run_dir: str | Path) -> ModelSource:
         return ModelSource(run, _tokenizer_dir_for(run))
     if (run / COMPLETE_MARKER).is_file():  # a checkpoint directory given as --run
         return resolve_checkpoint(run)
-    ckpt = newest_complete_checkpoint(run)
+    ckpt = find_latest_checkpoint(run / "checkpoints")
     if ckpt is None:
         raise PretrainedError(
             f"{run}: no final model ({MODEL_FILE}) and no complete checkpoint "

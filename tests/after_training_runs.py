@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from dist_llm.checkpoint import write_checkpoint
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.pretrained import save_pretrained
 from dist_llm.tokenizer import Tokenizer, train_bpe
@@ -47,10 +48,15 @@ def make_run(run_dir: Path, tokenizer: Tokenizer, model: TransformerLM) -> Path:
     return save_pretrained(run_dir, model.state_dict(), model.config, tokenizer, {"train": {"seed": 0}})
 
 
-def make_checkpoint(run_dir: Path, step: int, model: TransformerLM, complete: bool = True) -> Path:
-    """RUN/checkpoints/step_{step:08d}/ with model.safetensors + config.json (+ COMPLETE)."""
-    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
-    save_pretrained(ckpt, model.state_dict(), model.config)
-    if complete:
-        (ckpt / "COMPLETE").write_text("")
+def make_checkpoint(
+    run_dir: Path, step: int, model: TransformerLM, complete: bool = True, config: dict | None = None
+) -> Path:
+    """RUN/checkpoints/step_{step:08d}/ written by the trainer's own checkpoint writer (no optimizer state);
+    complete=False removes the COMPLETE marker, as if the write had been interrupted."""
+    ckpt = write_checkpoint(
+        run_dir / "checkpoints", step, model_state=model.state_dict(), optimizer_state=None,
+        trainer_state={"step": step}, config=config or {"model": model.config.to_dict()},
+    )  # fmt: skip
+    if not complete:
+        (ckpt / "COMPLETE").unlink()
     return ckpt

@@ -154,11 +154,16 @@ def test_incomplete_checkpoint_and_bad_config_are_clear_errors(run, tmp_path, ca
     ckpt = make_checkpoint(tmp_path / "r", 10, model, complete=False)
     assert main(["--checkpoint", str(ckpt), "--prompt", "x"]) == 2
     assert "checkpoint is incomplete (no COMPLETE marker)" in capsys.readouterr().err
-    (ckpt / "COMPLETE").write_text("")
-    (ckpt / "config.json").write_text('{"model": {"vocab_size": 10}}')
-    assert main(["--checkpoint", str(ckpt), "--prompt", "x"]) == 2
+    bad_config = make_checkpoint(tmp_path / "r", 20, model, config={"model": {"vocab_size": 10}})
+    assert main(["--checkpoint", str(bad_config), "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert "config.json" in err and "missing required key" in err
+    truncated = make_checkpoint(tmp_path / "r", 30, model)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(["--checkpoint", str(truncated), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "were written" in err
 
 
 def test_bad_sampling_arguments_are_rejected(run, capsys):
@@ -187,3 +192,12 @@ def test_unavailable_device_is_a_clear_error(run, capsys):
     run_dir, _, _ = run
     assert main(["--run", str(run_dir), "--prompt", "x", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_truncated_final_model_is_a_clear_error(tmp_path, capsys):
+    tokenizer = train_tiny_tokenizer(tmp_path)
+    run_dir = make_run(tmp_path / "run", tokenizer, random_model(tokenizer.vocab_size))
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    assert main(["--run", str(run_dir), "--prompt", "x"]) == 2
+    assert f"{weights}: not a readable safetensors file" in capsys.readouterr().err
