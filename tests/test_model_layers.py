@@ -93,6 +93,8 @@ def test_rope_rotates_interleaved_pairs_and_has_no_state():
     x = torch.randn(2, 5, 8)
     positions = torch.tensor([0, 3, 7, 8, 31])
     torch.testing.assert_close(rope(x, positions), _rope_direct(x, positions, 10000.0), atol=1e-5, rtol=1e-5)
+    # no positions means 0..seq-1
+    torch.testing.assert_close(rope(x), rope(x, torch.arange(5)))
     # positions with a batch dim broadcast against x's leading dims
     per_batch = torch.stack([positions, positions.flip(0)])
     out = rope(x, per_batch)

@@ -128,9 +128,9 @@ class MultiHeadSelfAttention(nn.Module):
         seq_len = x.shape[-2]
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.rope is not None:
-            if token_positions is None:
+            if token_positions is None and kv_cache is not None:
                 token_positions = torch.arange(cache_start, cache_start + seq_len, device=x.device)
-            elif token_positions.dim() >= 2:
+            elif token_positions is not None and token_positions.dim() >= 2:
                 token_positions = token_positions.unsqueeze(-2)  # broadcast over the heads dim
             q, k = self.rope(q, token_positions), self.rope(k, token_positions)
         if kv_cache is not None:

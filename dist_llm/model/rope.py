@@ -1,4 +1,12 @@
-"""Rotary position embedding: rotate interleaved pairs (x[2i], x[2i+1]) by pos * theta^(-2i/d_k)."""
+"""Rotary position embedding: rotate interleaved pairs (x[2i], x[2i+1]) by pos * theta^(-2i/d_k).
+
+For pair i at position p with angle a = p * theta^(-2i/d_k):
+    out[2i]   = x[2i] cos a - x[2i+1] sin a
+    out[2i+1] = x[2i] sin a + x[2i+1] cos a
+computed as  out = x * cos_table + swap_pairs(x) * signed_sin_table,  where swap_pairs turns each
+(x[2i], x[2i+1]) into (x[2i+1], x[2i]) and the sin table holds (-sin a, +sin a) per pair: two
+multiplies and an add over whole rows, instead of strided halves stacked back together.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +22,26 @@ class RotaryPositionalEmbedding(nn.Module):
         self.d_k, self.max_seq_len = d_k, max_seq_len
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
         angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq[None, :]
-        # Built once in float64 then stored in float32; non-persistent: derived from the config, so they
-        # never enter a state dict (a checkpoint stays valid if max_seq_len changes).
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_seq_len, d_k/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos = angles.cos().repeat_interleave(2, dim=-1)  # (max_seq_len, d_k): cos a_i at 2i and 2i+1
+        sin = angles.sin()
+        signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)  # -sin a_i at 2i, +sin a_i at 2i+1
+        # Built in float64, stored in float32. Non-persistent: derived from the config, so they never
+        # enter a state dict (a checkpoint stays loadable if max_seq_len changes).
+        self.register_buffer("cos", cos.float(), persistent=False)
+        self.register_buffer("signed_sin", signed_sin.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
-        """x: (..., seq, d_k); token_positions: integer tensor broadcastable to x.shape[:-1]."""
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (..., seq, d_k); token_positions: integer tensor broadcastable to x.shape[:-1], or None
+        for positions 0..seq-1 (then the tables are sliced, not gathered)."""
+        seq_len = x.shape[-2]
         if x.shape[-1] != self.d_k:
             raise ValueError(f"RoPE was built for d_k={self.d_k}, got input with last dim {x.shape[-1]}")
-        if x.shape[-2] > self.max_seq_len:
-            raise ValueError(
-                f"sequence length {x.shape[-2]} exceeds RoPE max_seq_len={self.max_seq_len}"
-            )
-        cos = self.cos[token_positions]  # (*positions.shape, d_k/2)
-        sin = self.sin[token_positions]
-        x_even, x_odd = x[..., 0::2], x[..., 1::2]
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds RoPE max_seq_len={self.max_seq_len}")
+        if token_positions is None:
+            cos, sin = self.cos[:seq_len], self.signed_sin[:seq_len]
+        else:
+            cos, sin = self.cos[token_positions], self.signed_sin[token_positions]
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
         # The products promote to float32 (tables are fp32) even under autocast; cast back at the end.
-        rotated_even = x_even * cos - x_odd * sin
-        rotated_odd = x_even * sin + x_odd * cos
-        return torch.stack((rotated_even, rotated_odd), dim=-1).flatten(-2).to(x.dtype)
+        return (x * cos + swapped * sin).to(x.dtype)
