@@ -131,7 +131,7 @@ def describe_inputs(files: list[Path], previous: list[dict] | None = None) -> li
         else:
             h = hashlib.sha256()
             with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                for block in iter(lambda f=f: f.read(1 << 16), b""):
                     h.update(block)
             entry["sha256"] = h.hexdigest()
         described.append(entry)
