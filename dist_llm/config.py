@@ -72,6 +72,7 @@ class OptimSection:
     max_lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 30
+    decay_steps: int = 0  # cosine decay ends here; 0 = at the end of the run (set it to extend a run later)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -289,8 +290,8 @@ def validate(cfg: RunConfig) -> None:
                        "model.num_heads model.d_ff model.rope_theta model.norm_eps optim.max_lr optim.eps "
                        "train.micro_batch_size eval.num_windows eval.batch_size log.interval dist.timeout_s",
                   0, inclusive=False)
-    _check_bounds(cfg, "optim.min_lr optim.warmup_steps optim.weight_decay optim.beta1 optim.beta2 "
-                       "optim.grad_clip train.max_steps train.max_tokens train.num_epochs "
+    _check_bounds(cfg, "optim.min_lr optim.warmup_steps optim.decay_steps optim.weight_decay optim.beta1 "
+                       "optim.beta2 optim.grad_clip train.max_steps train.max_tokens train.num_epochs "
                        "train.skip_nonfinite eval.interval eval.sample_tokens eval.temperature eval.top_k "
                        "checkpoint.interval tokenizer.train_max_bytes tokenizer.num_workers "
                        "data.num_workers", 0)
@@ -317,9 +318,11 @@ def validate(cfg: RunConfig) -> None:
     _require(t.max_steps > 0 or t.max_tokens > 0 or t.num_epochs > 0, "train.max_steps",
              "is 0 and so are train.max_tokens and train.num_epochs: give at least one run length")
     known = [s for s in (t.max_steps, -(-t.max_tokens // t.global_batch_tokens)) if s > 0]
+    if o.decay_steps:
+        known = [o.decay_steps]
     if known:  # with num_epochs alone the length is only known once the data is prepared
         _require(o.warmup_steps < min(known), "optim.warmup_steps",
-                 f"({o.warmup_steps}) must be shorter than the run ({min(known)} steps)")
+                 f"({o.warmup_steps}) must be shorter than the run or optim.decay_steps ({min(known)} steps)")
 
 
 USAGE = """usage: python -m dist_llm.train [--config FILE.toml] [--resume auto|PATH] [--SECTION.KEY=VALUE ...]

@@ -191,13 +191,18 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank if it is True on any rank: how ranks agree to stop at the same step."""
+def any_rank_flags(flags: list[bool]) -> list[bool]:
+    """Each flag True on every rank if it is True on any rank, in one all-reduce: how ranks agree to
+    stop (or skip) at the same step."""
     if not _active():
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
+        return [bool(f) for f in flags]
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
+
+
+def any_rank(flag: bool) -> bool:
+    return any_rank_flags([flag])[0]
 
 
 def gather_json(obj: Any) -> list[Any] | None:

@@ -82,3 +82,13 @@ def ranks(tmp_path: Path) -> Callable[..., list]:
         return run_ranks(fn, world_size, *args, out_dir=tmp_path / f"ranks_{next(counter)}", timeout=timeout)
 
     return run
+
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A corpus and a cache dir shared by all trainer tests, so the tokenizer is trained only once."""
+    from trainer_runs import write_tiny_corpus
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    return {"corpus": write_tiny_corpus(root / "corpus.txt"), "cache": root / "cache"}

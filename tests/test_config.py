@@ -68,9 +68,11 @@ def test_bad_toml_values_name_the_file_and_key(tmp_path):
 
 
 def test_max_tokens_sets_the_run_length_for_the_warmup_check():
-    with pytest.raises(ConfigError, match=r"must be shorter than the run \(2 steps\)"):
+    with pytest.raises(ConfigError, match=r"must be shorter than the run or optim.decay_steps \(2 steps\)"):
         parse_args(["--train.max_steps=0", "--train.max_tokens=8192", "--train.global_batch_tokens=4096",
                     "--optim.warmup_steps=2"])
+    # an explicit decay length is what the warmup must fit in
+    parse_args(["--train.max_steps=10", "--optim.warmup_steps=20", "--optim.decay_steps=50"])
 
 
 def test_dict_round_trip_is_strict():

@@ -1,0 +1,257 @@
+"""Pretrain a language model: `python -m dist_llm.train [--config FILE] [--section.key=value ...]`.
+
+The same command runs on one CPU or on many GPUs (`torchrun --nproc_per_node=8 -m dist_llm.train ...`,
+or `srun` without torchrun). `train()` is the whole pipeline, top to bottom: data and tokenizer (cached),
+model, optimizer, resume, the loop (gradient accumulation, mixed precision, clipping, LR schedule,
+evaluation, logging, checkpoints, stop signals), then the final model, a sample and the loss plot.
+The parts it composes live in dist_llm/training/ and the component packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dist_llm import distributed
+from dist_llm.checkpoint import CheckpointError, read_checkpoint
+from dist_llm.config import ConfigError, RunConfig, parse_args, usage
+from dist_llm.distributed import DistributedError, distributed_context
+from dist_llm.metrics import (
+    MetricsLog,
+    format_postfix,
+    make_hooks,
+    mfu,
+    peak_flops,
+    peak_memory_mb,
+    progress_bar,
+    truncate_metrics,
+)
+from dist_llm.rng import seed_everything
+from dist_llm.training import outputs, precision
+from dist_llm.training.evaluation import ValidationWindows
+from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
+from dist_llm.training.plan import make_plan
+from dist_llm.training.signals import StopRequest
+from dist_llm.training.state import choose_checkpoint, restore_training_state, save_training_state
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says why and what was kept."""
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Run the configured training; returns a summary (final step, last validation metrics)."""
+    launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
+    with launch as ctx, StopRequest() as stop:
+        device, main = ctx.device, ctx.is_main
+        say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
+        precision.check_precision(cfg.train.precision, device)
+        run_dir = Path(cfg.run.dir)
+        config_dict = cfg.to_dict()
+        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}; resolved config:\n"
+            + json.dumps(config_dict, indent=2))
+
+        # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
+        from dist_llm.data import MemmapTokens, ShardedBatchLoader
+        from dist_llm.model import ModelConfig, TransformerLM
+        from dist_llm.pipeline import prepare_data
+
+        tokenizer, data_dir = prepare_data(cfg)
+        ctx_len = cfg.model.context_length
+        train_data = MemmapTokens(data_dir, "train", ctx_len, tokenizer.fingerprint)
+        val_data = MemmapTokens(data_dir, "val", ctx_len, tokenizer.fingerprint)
+        plan = make_plan(cfg, ctx.world_size, len(train_data))
+        say(f"data: {train_data.num_tokens:,} train / {val_data.num_tokens:,} val tokens in {data_dir}; "
+            f"global batch {plan.global_batch_seqs} x {ctx_len} tokens = {plan.micro_batch_size} per "
+            f"micro-step x {plan.accum_steps} accumulation steps x {ctx.world_size} rank(s); "
+            f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.2f} epochs)")
+
+        # ---- model and optimizer: same init on every rank (DDP also broadcasts rank 0's weights)
+        seed_everything(cfg.run.seed)
+        model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model))).to(device)
+        seed_everything(cfg.run.seed + ctx.rank)  # per-rank randomness from here on
+        optimizer = build_optimizer(model, cfg.optim, device)
+        scaler = precision.grad_scaler(cfg.train.precision, device)
+        loader = ShardedBatchLoader(train_data, plan.micro_batch_size, ctx.rank, ctx.world_size,
+                                    seed=cfg.run.seed, device=device)
+        val_windows = ValidationWindows(val_data, cfg.eval.num_windows, ctx.rank, ctx.world_size, tokenizer,
+                                        cfg.model.vocab_size)
+        non_embedding = model.num_params(include_embeddings=False)
+        say(f"model: {model.num_params():,} parameters ({non_embedding:,} without embeddings), "
+            f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token")
+
+        # ---- resume (rank 0 picks the checkpoint, falling back past broken ones; all ranks load it)
+        step, counters = 0, {"tokens": 0, "time_s": 0.0, "nonfinite_skipped": 0}
+        chosen = choose_checkpoint(run_dir, cfg.run.resume, say) if main else None
+        chosen = distributed.broadcast_json(str(chosen) if chosen else None)
+        if chosen:
+            state = restore_training_state(read_checkpoint(chosen, optimizer), cfg, model, optimizer, scaler,
+                                           loader, tokenizer.fingerprint, ctx.rank)
+            step = state["step"]
+            counters = {k: state.get(k, v) for k, v in counters.items()}
+            say(f"resume: continuing from {chosen} at step {step} ({counters['tokens']:,} tokens seen)")
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if chosen:
+                truncate_metrics(run_dir, step)
+            elif (moved := outputs.set_aside_previous_run(run_dir)) is not None:
+                say(f"run dir: starting fresh; the previous outputs were moved to {moved}")
+            outputs.write_json_atomic(run_dir / "config.json", config_dict)
+        distributed.barrier()
+
+        # ---- wrappers applied from outside the model: DDP, compile, autocast
+        train_model: torch.nn.Module = model
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+        if ctx.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [device] if device.type == "cuda" else None
+            train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        autocast = precision.autocast(cfg.train.precision, device)
+        peak = peak_flops(device, cfg.train.precision)
+        flops_per_token = model.flops_per_token()
+
+        hooks = make_hooks(cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, run_dir, config_dict) \
+            if main else []
+        log = MetricsLog(run_dir, hooks) if main else None
+        bar = progress_bar(main and cfg.log.progress_bar, plan.total_steps, step)
+        last_eval: dict[str, float] = {}
+        window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
+        run_start = time.perf_counter() - counters["time_s"]
+
+        def evaluate_and_log(at_step: int) -> None:
+            nonlocal last_eval, window_start
+            started = time.perf_counter()
+            last_eval = val_windows.evaluate(model, cfg.eval.batch_size, device, autocast)
+            if log:
+                log.write({"step": at_step, "tokens": counters["tokens"], **last_eval,
+                           "time_s": time.perf_counter() - run_start})
+            say(f"\nstep {at_step}: val_loss {last_eval['val_loss']:.4f}  ppl {last_eval['val_ppl']:.2f}  "
+                f"bpb {last_eval['val_bpb']:.4f}")
+            window_start += time.perf_counter() - started  # evaluation time is not training throughput
+
+        if step == 0:
+            evaluate_and_log(0)
+        stop_reason = None
+        while step < plan.total_steps:
+            # -- one optimizer step: accum_steps micro-batches, gradients all-reduced on the last only
+            lr = lr_at(step, cfg.optim, plan.decay_steps)
+            set_lr(optimizer, lr)
+            epoch_before = loader.epoch
+            step_loss = torch.zeros((), device=device)
+            for micro in range(plan.accum_steps):
+                x, y = loader.next_batch()
+                last = micro == plan.accum_steps - 1
+                sync = contextlib.nullcontext() if last or not ctx.is_distributed else train_model.no_sync()
+                with sync:  # no_sync covers forward and backward of the non-final micro-steps
+                    with autocast:
+                        logits = train_model(x)
+                        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                    # Each micro-batch is 1/accum_steps of the batch (and DDP averages over ranks), so the
+                    # summed gradients equal those of one big batch.
+                    scaler.scale(loss / plan.accum_steps).backward()
+                step_loss += loss.detach() / plan.accum_steps
+            scaler.unscale_(optimizer)
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+            loss_value, norm_value = step_loss.item(), grad_norm.item()
+            # With fp16 an infinite gradient norm is routine: the scaler skips that step and lowers its scale.
+            norm_ok = math.isfinite(norm_value) or cfg.train.precision == "fp16"
+            finite = math.isfinite(loss_value) and norm_ok
+            nonfinite, stop_requested = distributed.any_rank_flags([not finite, stop.received is not None])
+            if nonfinite:
+                optimizer.zero_grad(set_to_none=True)
+                if counters["nonfinite_skipped"] >= cfg.train.skip_nonfinite:
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1} (loss {loss_value}, grad norm {norm_value}); "
+                        f"stopping without writing a checkpoint, so the last good one in "
+                        f"{run_dir / 'checkpoints'} is untouched. Lower optim.max_lr, or set "
+                        f"train.skip_nonfinite=N to skip up to N such steps")
+                counters["nonfinite_skipped"] += 1
+                say(f"\nstep {step + 1}: non-finite loss, update skipped "
+                    f"({counters['nonfinite_skipped']}/{cfg.train.skip_nonfinite})")
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            counters["tokens"] += plan.global_batch_tokens
+            window_tokens += plan.global_batch_tokens
+            window_loss += loss_value
+            window_steps += 1
+            bar.update(1)
+
+            # -- logging: one line per log interval, losses averaged over ranks and steps
+            if step % cfg.log.interval == 0 or step == plan.total_steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                record = {"step": step, "tokens": counters["tokens"],
+                          "train_loss": distributed.all_reduce_mean(window_loss / window_steps),
+                          "lr": lr, "grad_norm": norm_value, "tokens_per_s": tokens_per_s,
+                          "mfu": mfu(flops_per_token, tokens_per_s / ctx.world_size, peak),
+                          "peak_mem_mb": peak_memory_mb(device), "time_s": now - run_start}
+                if log:
+                    log.write(record)
+                    bar.set_postfix(format_postfix(record), refresh=False)
+                window_start, window_tokens, window_loss, window_steps = now, 0, 0.0, 0
+
+            # -- evaluation, checkpoints, stop requests
+            epoch_done = loader.epoch != epoch_before
+            periodic_eval = cfg.eval.interval and step % cfg.eval.interval == 0
+            if periodic_eval or epoch_done or step == plan.total_steps:
+                evaluate_and_log(step)
+            if stop_requested:
+                stop_reason = stop.received or "a stop signal on another rank"
+            periodic = cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0
+            if periodic or stop_reason or step == plan.total_steps:
+                counters["time_s"] = time.perf_counter() - run_start
+                path = save_training_state(cfg, step, model, optimizer, scaler, loader, counters,
+                                           tokenizer.fingerprint)
+                say(f"\ncheckpoint: {path}")
+            if stop_reason:
+                say(f"stopping after step {step}: received {stop_reason}; resume with --resume auto")
+                break
+        bar.close()
+
+        # ---- outputs: final model, sample, loss curve (rank 0)
+        if main and stop_reason is None:
+            outputs.write_final_model(run_dir, model, config_dict, tokenizer)
+            say(f"final model: {run_dir / 'model.safetensors'}")
+            if cfg.eval.sample_tokens:
+                say("sample:\n" + outputs.sample_text(model, tokenizer, cfg.eval, cfg.run.seed))
+        if log:
+            log.close()
+            say(outputs.write_loss_plot(run_dir))
+        distributed.barrier()
+        return {"step": step, "stopped_by": stop_reason, **last_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return 0
+    from dist_llm.data import DataError
+    from dist_llm.tokenizer import TokenizerError
+
+    try:
+        cfg = parse_args(argv)
+        train(cfg)
+    except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

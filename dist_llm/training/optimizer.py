@@ -1,0 +1,36 @@
+"""AdamW with the usual two parameter groups, and the learning rate at a given step."""
+
+from __future__ import annotations
+
+import torch
+
+from dist_llm.config import OptimSection
+from dist_llm.optim import AdamW, cosine_lr
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on matrices (projections, embeddings, lm_head) only, not on the RMSNorm gains.
+
+    impl "torch": torch.optim.AdamW, fused on CUDA (one kernel for all parameters), foreach elsewhere.
+    impl "dist_llm": the project's own AdamW, written from the formula.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.impl == "dist_llm":
+        return AdamW(groups, lr=cfg.max_lr, betas=betas, eps=cfg.eps)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=betas, eps=cfg.eps, fused=fused or None,
+                             foreach=None if fused else True)
+
+
+def lr_at(step: int, cfg: OptimSection, decay_steps: int) -> float:
+    """Linear warmup over warmup_steps, cosine decay to min_lr at decay_steps, then min_lr."""
+    return cosine_lr(step, cfg.max_lr, cfg.min_lr, cfg.warmup_steps, decay_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,75 @@
+"""What a run leaves behind besides checkpoints: the run directory, the final model, a sample, loss.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from dist_llm.checkpoint import model_state_for_saving, unwrap_model
+from dist_llm.config import EvalSection
+from dist_llm.tokenizer import Tokenizer
+
+PREVIOUS_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors", "loss.png", "tokenizer")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def set_aside_previous_run(run_dir: Path) -> Path | None:
+    """A fresh start in a used run dir moves the old outputs into RUN/replaced-<time>/ (nothing is lost,
+    and --resume auto cannot pick up checkpoints of the old run)."""
+    old = [run_dir / name for name in PREVIOUS_OUTPUTS if (run_dir / name).exists()]
+    if not old:
+        return None
+    target = run_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for path in old:
+        os.replace(path, target / path.name)
+    return target
+
+
+def write_final_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any],
+                      tokenizer: Tokenizer) -> None:
+    """RUN/model.safetensors (float32, plain names) + config.json + tokenizer/, each written atomically."""
+    tensors = {k: v.float() for k, v in model_state_for_saving(model).items()}
+    tmp = run_dir / f".model.safetensors.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / "model.safetensors")
+    write_json_atomic(run_dir / "config.json", config)
+    tokenizer.save(run_dir / "tokenizer")
+
+
+def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, seed: int) -> str:
+    from dist_llm.model import generate
+
+    bare = unwrap_model(model)
+    eot = "<|endoftext|>"
+    eos = tokenizer.token_id(eot) if eot in tokenizer.special_tokens else None
+    prompt = tokenizer.encode(cfg.sample_prompt) or ([eos] if eos is not None else [0])
+    new = generate(bare, prompt, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                   eos_id=eos, seed=seed)
+    return cfg.sample_prompt + tokenizer.decode(new)
+
+
+def write_loss_plot(run_dir: Path) -> str:
+    """Draw RUN/loss.png; matplotlib is optional, so its absence is a message, not a crash."""
+    try:
+        from dist_llm.plot import plot_runs
+
+        return f"loss curve: {plot_runs([run_dir], run_dir / 'loss.png')}"
+    except ImportError as e:
+        return f"loss curve: skipped ({e})"

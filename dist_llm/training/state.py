@@ -1,0 +1,112 @@
+"""Everything that must survive a restart: choosing a checkpoint, saving and restoring trainer state.
+
+Saved per checkpoint (see dist_llm.checkpoint for the format): model and optimizer tensors, and a JSON
+trainer state with the step, tokens seen, the data loader's position, the LR schedule position, the
+gradient scaler, every rank's RNG states (gathered to rank 0), the resolved config and the tokenizer
+fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dist_llm import distributed
+from dist_llm.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    check_model_config,
+    list_complete,
+    load_model_state,
+    model_state_for_saving,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from dist_llm.config import RunConfig
+from dist_llm.rng import capture_rng_state, restore_rng_state
+
+# Per-process execution choices, not state: they must follow this run's optimizer, not the saved one.
+_LIVE_GROUP_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def choose_checkpoint(run_dir: str | Path, resume: str, say: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from (rank 0 decides). "auto" skips broken ones, saying so."""
+    if not resume:
+        return None
+    if resume != "auto":
+        verify_checkpoint(resume)  # an explicitly named checkpoint must be sound: no silent fallback
+        return Path(resume)
+    candidates = list_complete(checkpoint_root(run_dir))[::-1]
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            say(f"resume: {e}; falling back to the previous complete checkpoint")
+    if candidates:
+        raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in "
+                              f"{checkpoint_root(run_dir)} is usable (see above)")
+    say(f"resume: no checkpoint in {checkpoint_root(run_dir)}; starting from scratch")
+    return None
+
+
+def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, loader: Any, counters: dict[str, Any],
+                        tokenizer_fingerprint: str) -> Path | None:
+    """Collective: every rank contributes its RNG state; rank 0 writes. Returns the path on rank 0."""
+    rng_states = distributed.gather_json(capture_rng_state())
+    path = None
+    if distributed.is_main():
+        config = cfg.to_dict()
+        trainer_state = {
+            "step": step,
+            **counters,
+            "loader": loader.state_dict(),
+            "grad_scaler": scaler.state_dict(),
+            "rng": rng_states,
+            "world_size": len(rng_states),
+            "tokenizer_fingerprint": tokenizer_fingerprint,
+            "config": config,
+        }
+        path = write_checkpoint(checkpoint_root(cfg.run.dir), step, model_state=model_state_for_saving(model),
+                                optimizer_state=optimizer.state_dict(), trainer_state=trainer_state,
+                                config=config, keep_last=cfg.checkpoint.keep_last)
+    distributed.barrier()
+    return path
+
+
+def restore_training_state(loaded: LoadedCheckpoint, cfg: RunConfig, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any,
+                           tokenizer_fingerprint: str, rank: int) -> dict[str, Any]:
+    """Load a checkpoint into the live objects (after checking it belongs to this run); return its state."""
+    check_model_config(loaded.config.get("model", {}), dataclasses.asdict(cfg.model), loaded.path)
+    state = loaded.trainer_state
+    if state.get("tokenizer_fingerprint") != tokenizer_fingerprint:
+        raise CheckpointError(f"{loaded.path}: was trained with another tokenizer (fingerprint "
+                              f"{str(state.get('tokenizer_fingerprint'))[:12]}..., this run has "
+                              f"{tokenizer_fingerprint[:12]}...)")
+    load_model_state(model, loaded.model_state, loaded.path)
+    if loaded.optimizer_state is None:
+        raise CheckpointError(f"{loaded.path}: has no optimizer state")
+    live = [{k: g[k] for k in _LIVE_GROUP_KEYS if k in g} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(loaded.optimizer_state)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{loaded.path}: optimizer state does not fit this optimizer ({e})") from None
+    for group, flags in zip(optimizer.param_groups, live, strict=True):
+        group.update(flags)
+    if state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    loader.load_state_dict(state["loader"])
+    rng = state.get("rng") or []
+    if rank < len(rng):  # with more ranks than before, the new ones keep their fresh seeds
+        restore_rng_state(rng[rank])
+    return state
