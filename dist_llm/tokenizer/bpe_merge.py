@@ -20,6 +20,8 @@ import heapq
 from collections import defaultdict
 from collections.abc import Mapping
 
+from .progress import progress_bar
+
 # Tie-break: among equal counts the lexicographically greatest (left bytes, right bytes) wins, but
 # heapq pops the smallest entry and bytes cannot be negated. So each token gets a string key that
 # sorts in exactly the reverse order of its bytes: byte c becomes chr(256 - c) (higher bytes sort
@@ -57,11 +59,9 @@ def learn_merges(
     heap = [(-c, tie_key[k >> shift], tie_key[k & mask], k) for k, c in pair_counts.items()]
     heapq.heapify(heap)
 
-    from tqdm import tqdm
-
     merges: list[tuple[bytes, bytes]] = []
     heappop, heappush = heapq.heappop, heapq.heappush
-    bar = tqdm(total=num_merges, desc="merge", unit="merge", disable=not progress)
+    bar = progress_bar(progress, total=num_merges, desc="merge", unit="merge")
     while len(merges) < num_merges and heap:
         neg_count, left_key, right_key, key = heappop(heap)
         count = pair_counts.get(key, 0)
@@ -74,10 +74,12 @@ def learn_merges(
         merges.append((token_bytes[a], token_bytes[b]))
         token_bytes.append(token_bytes[a] + token_bytes[b])
         tie_key.append(reverse_order_key(token_bytes[new]))
-        new_pairs = _merge_in_words(a, b, new, words, counts, where.pop(key), pair_counts, where, shift)
+        new_pairs = _merge_in_words(a, b, new, words, counts, where.pop(key), pair_counts, shift)
         del pair_counts[key]  # no occurrence is left after a left-to-right merge of every match
-        for k, c in new_pairs.items():
-            pair_counts[k] = c
+        for k, word_ids in new_pairs.items():
+            # One entry per occurrence, so a word with the pair twice counts twice.
+            c = pair_counts[k] = sum(map(counts.__getitem__, word_ids))
+            where[k] = word_ids  # a pair with the new token is itself new
             heappush(heap, (-c, tie_key[k >> shift], tie_key[k & mask], k))
         if len(merges) % 256 == 0:
             bar.update(256)
@@ -86,17 +88,17 @@ def learn_merges(
     return merges
 
 
-def _merge_in_words(a, b, new, words, counts, word_ids, pair_counts, where, shift) -> dict[int, int]:
-    """Merges every (a, b) in the given words in place; returns the counts of the new pairs.
+def _merge_in_words(a, b, new, words, counts, word_ids, pair_counts, shift) -> dict[int, list[int]]:
+    """Merges every (a, b) in the given words in place; returns the new pairs and their words.
 
     For a match at i (the word already merged up to i), removed pairs are (a, b) itself (its count
     is dropped by the caller), (word[i-1], a) and (b, word[i+2]); added are (word[i-1], new) and
     (new, word[i+2]). Two adjacent matches "a b a b" share the pair (b, a): it is removed once, as
     the first match's right neighbour, and (new, new) is added once, by the second match (the
-    first one sees that its right neighbour is about to be merged too).
+    first one sees that its right neighbour is about to be merged too). New pairs are recorded as
+    a list of word indices, one per occurrence; the caller sums their counts.
     """
-    new_pairs: dict[int, int] = {}
-    get = new_pairs.get
+    new_pairs: dict[int, list[int]] = defaultdict(list)
     new_left = new << shift
     b_left = b << shift
     same = a == b
@@ -128,17 +130,13 @@ def _merge_in_words(a, b, new, words, counts, word_ids, pair_counts, where, shif
                 left = word[i - 1]
                 if left != new:
                     pair_counts[left << shift | a] -= c
-                    k = left << shift | new
+                    new_pairs[left << shift | new].append(wi)
                 else:
-                    k = new_left | new
-                new_pairs[k] = get(k, 0) + c
-                where[k].append(wi)
+                    new_pairs[new_left | new].append(wi)
             i += 1
             if i < n:
                 right = word[i]
                 pair_counts[b_left | right] -= c
                 if right != a or i + 1 == n or word[i + 1] != b:
-                    k = new_left | right
-                    new_pairs[k] = get(k, 0) + c
-                    where[k].append(wi)
+                    new_pairs[new_left | right].append(wi)
     return new_pairs

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import TokenizerError
 from .pretokenize import count_pretokens, special_token_regex
+from .progress import progress_bar
 
 DEFAULT_CHUNK_BYTES = 4 << 20
 _SEARCH_WINDOW = 1 << 20
@@ -155,10 +156,8 @@ def count_corpus(
         for p in paths
         for start, end in iter_chunk_bounds(p, specials, chunk_bytes)
     )
-    from tqdm import tqdm
-
     counts: Counter[str] = Counter()
-    with tqdm(total=total, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress) as bar:
+    with progress_bar(progress, total=total, unit="B", unit_scale=True, desc="pre-tokenize") as bar:
         if num_workers <= 1:
             results: Iterator[tuple[dict[str, int], int]] = map(count_chunk, tasks)
             for chunk_counts, nbytes in results:
