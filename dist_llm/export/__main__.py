@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dist_llm.export.convert import export_hf_from, import_hf
 from dist_llm.export.hf_llama import UnsupportedModelError
+from dist_llm.export.hf_tokenizer import TokenizerNotConvertible
 from dist_llm.pretrained import PretrainedError
 
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             messages = export_hf_from(run=args.run, checkpoint=args.checkpoint, out_dir=args.out)
         else:
             messages = import_hf(args.model, args.out)
-    except (PretrainedError, UnsupportedModelError, FileExistsError) as e:
+    except (PretrainedError, UnsupportedModelError, TokenizerNotConvertible, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for message in messages:

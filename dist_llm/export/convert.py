@@ -67,6 +67,11 @@ def export_hf(source: ModelSource, out_dir: str | Path) -> list[str]:
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"not Llama-compatible: {e}") from None
     tokenizer = load_tokenizer(source)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UnsupportedModelError(
+            f"{source.tokenizer_dir}: tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocab_size={cfg.vocab_size}"
+        )
     eos = END_OF_TEXT if END_OF_TEXT in tokenizer.special_tokens else None
     eos_id = tokenizer.token_id(eos) if eos is not None else None
     hf_state = hf_llama.to_hf_state_dict({k: v.float() for k, v in state_dict.items()}, cfg)

@@ -70,7 +70,7 @@ def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     for token_id in sorted(tok.vocab):
         text = special.get(token_id) or _spell(tok.vocab[token_id])
         if text in vocab:
-            raise ValueError(
+            raise TokenizerNotConvertible(
                 f"tokenizer has two ids spelled {text!r} ({vocab[text]} and {token_id}); tokenizer.json "
                 "needs distinct token strings"
             )
