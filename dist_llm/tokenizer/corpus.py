@@ -23,7 +23,10 @@ from .errors import TokenizerError
 from .pretokenize import count_pretokens, special_token_regex
 from .progress import progress_bar
 
-DEFAULT_CHUNK_BYTES = 4 << 20
+# Each chunk's text and its list of pre-token strings (~50 bytes each) are alive at once: 1 MB
+# chunks keep that to tens of MB per process.
+DEFAULT_CHUNK_BYTES = 1 << 20
+_SHARE_BYTES = 256 << 20
 _SEARCH_WINDOW = 1 << 20
 # "X\nY" with X and Y printable, non-space ASCII: the cut goes between "\n" and "Y".
 _NEWLINE_CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
@@ -118,22 +121,40 @@ def _cached_special_regex(special_tokens: tuple[str, ...]):
     return special_token_regex(special_tokens)
 
 
-def count_chunk(task: tuple[str, int, int, tuple[str, ...]]) -> tuple[dict[str, int], int]:
-    """Worker: counts the pre-tokens of bytes [start, end) of a file. Top-level, so spawn-safe.
-
-    Returns the counts and the number of bytes read (for the progress bar).
-    """
-    path, start, end, special_tokens = task
+def _read_text(path: str, start: int, end: int) -> str:
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TokenizerError(
             f"input file {path!r} is not valid UTF-8 at byte offset {start + e.start}: {e.reason}"
         ) from None
-    return dict(count_pretokens(text, _cached_special_regex(special_tokens))), len(data)
+
+
+def count_chunks(tasks: list[tuple[str, int, int, tuple[str, ...]]], counts: Counter[str] | None = None):
+    """Worker: counts the pre-tokens of a list of (path, start, end, special_tokens) byte ranges.
+
+    Top-level, so it works with any start method. Returns (counts, bytes read).
+    """
+    counts = Counter() if counts is None else counts
+    nbytes = 0
+    for path, start, end, special_tokens in tasks:
+        count_pretokens(_read_text(path, start, end), _cached_special_regex(special_tokens), counts)
+        nbytes += end - start
+    return counts, nbytes
+
+
+def _shares(tasks: list, n: int) -> list[list]:
+    """Splits the tasks into n runs of consecutive chunks with about equal byte counts."""
+    total = sum(end - start for _, start, end, _ in tasks)
+    shares: list[list] = [[] for _ in range(n)]
+    done = 0
+    for task in tasks:
+        shares[min(n - 1, done * n // max(1, total))].append(task)
+        done += task[2] - task[1]
+    return [share for share in shares if share]
 
 
 def count_corpus(
@@ -145,28 +166,37 @@ def count_corpus(
     start_method: str | None = None,
     progress: bool = False,
 ) -> Counter[str]:
-    """Counts the pre-tokens of all files, in `num_workers` processes when it is more than one."""
+    """Counts the pre-tokens of all files in `num_workers` processes (this one included).
+
+    The work is split into equal shares up front: this process counts its own shares while
+    `num_workers - 1` pool processes count the others, each into one Counter that comes back once,
+    so little is pickled and nothing waits on a dispatcher. Shares are at most `_SHARE_BYTES`, so
+    the progress bar moves on big inputs.
+    """
     total = sum(p.stat().st_size for p in paths)
-    if chunk_bytes is None:
-        # A few chunks per worker keeps both busy to the end; capped so memory stays bounded.
-        chunk_bytes = min(DEFAULT_CHUNK_BYTES, max(1 << 16, total // (4 * max(1, num_workers)) + 1))
+    # At least ~8 chunks per process, so the shares come out about equal.
+    chunk_bytes = chunk_bytes or min(DEFAULT_CHUNK_BYTES, max(1 << 16, total // (8 * num_workers) + 1))
     specials = tuple(special_tokens)
-    tasks = (
+    tasks = [
         (str(p), start, end, specials)
         for p in paths
         for start, end in iter_chunk_bounds(p, specials, chunk_bytes)
-    )
+    ]
     counts: Counter[str] = Counter()
     with progress_bar(progress, total=total, unit="B", unit_scale=True, desc="pre-tokenize") as bar:
-        if num_workers <= 1:
-            results: Iterator[tuple[dict[str, int], int]] = map(count_chunk, tasks)
-            for chunk_counts, nbytes in results:
-                counts.update(chunk_counts)
+        rounds = -(-total // (num_workers * _SHARE_BYTES))
+        shares = _shares(tasks, max(1, num_workers * rounds) if num_workers > 1 else len(tasks))
+        if num_workers <= 1 or len(shares) == 1:
+            for share in shares:
+                bar.update(count_chunks(share, counts)[1])
+            return counts
+        own, others = shares[::num_workers], [s for i, s in enumerate(shares) if i % num_workers]
+        ctx = multiprocessing.get_context(start_method)
+        with ctx.Pool(min(num_workers - 1, len(others))) as pool:
+            results = pool.imap_unordered(count_chunks, others)
+            for share in own:
+                bar.update(count_chunks(share, counts)[1])
+            for share_counts, nbytes in results:
+                counts.update(share_counts)
                 bar.update(nbytes)
-        else:
-            ctx = multiprocessing.get_context(start_method)
-            with ctx.Pool(num_workers) as pool:
-                for chunk_counts, nbytes in pool.imap_unordered(count_chunk, tasks):
-                    counts.update(chunk_counts)
-                    bar.update(nbytes)
     return counts

@@ -65,12 +65,14 @@ def special_token_regex(special_tokens: Sequence[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(t) for t in ordered))
 
 
-def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[str]:
-    """Counts the GPT-2 pre-tokens of `text`, with special tokens removed as document boundaries.
+def count_pretokens(
+    text: str, special_regex: regex.Pattern | None, counts: Counter[str] | None = None
+) -> Counter[str]:
+    """Counts the GPT-2 pre-tokens of `text` (into `counts` if given), special tokens removed.
 
     Splitting on special tokens first means no pre-token (and so no merge) spans two documents.
     """
-    counts: Counter[str] = Counter()
+    counts = Counter() if counts is None else counts
     segments = special_regex.split(text) if special_regex is not None else (text,)
     for segment in segments:
         if segment:
