@@ -11,7 +11,8 @@ within each round and the table shows medians over rounds, so load from other pr
 both sides of a ratio alike. Encoding compares `Tokenizer.encode` (a fresh Tokenizer each round,
 so the pre-token cache starts cold) with `tiktoken` built from the same vocabulary (ranks = our
 ids, the GPT-2 pattern, the same special token), single thread, and checks the ids are identical.
-Peak memory is ru_maxrss: of the training process itself, and of its largest worker process.
+Peak memory: VmHWM of the training process itself (HF: its only process), and ru_maxrss of its
+largest worker process (RUSAGE_CHILDREN; a forked worker's RSS includes pages shared with its parent).
 Needs the bench extra: pip install -e .[bench]
 """
 
@@ -31,6 +32,20 @@ SPECIAL = "<|endoftext|>"
 
 
 # ----------------------------------------------------------------------------- subprocess bodies
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM on Linux (ru_maxrss can carry over the forking parent's peak
+    across exec), else ru_maxrss."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _train_ours(path: str, vocab_size: int, workers: int, save_dir: str | None) -> dict:
     import resource
 
@@ -43,15 +58,13 @@ def _train_ours(path: str, vocab_size: int, workers: int, save_dir: str | None) 
         Tokenizer(vocab, merges, [SPECIAL]).save(save_dir)
     return {
         "time": elapsed,
-        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_main_mb": _peak_rss_mb(),
         "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "vocab": len(vocab),
     }
 
 
 def _train_hf(path: str, vocab_size: int) -> dict:
-    import resource
-
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -65,8 +78,7 @@ def _train_hf(path: str, vocab_size: int) -> dict:
     start = time.perf_counter()
     tok.train([path], trainer)
     elapsed = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"time": elapsed, "rss_main_mb": rss, "vocab": tok.get_vocab_size()}
+    return {"time": elapsed, "rss_main_mb": _peak_rss_mb(), "vocab": tok.get_vocab_size()}
 
 
 def _in_subprocess(args: list[str], env: dict | None = None) -> dict:
@@ -160,6 +172,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; medians are reported")
     args = parser.parse_args()
 
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     table = []
     with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
         for n, spec in enumerate(args.corpus):
@@ -201,6 +214,7 @@ def main() -> None:
             f"| {t['ratio1']:.2f} | {t['ratio2']:.2f} | {enc} "
             f"| {mem['main']:.0f} / {mem['worker']:.0f} / {mem['hf']:.0f} |"
         )
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     encodes = [e for *_, e in table if e]
     if encodes:
         builds = ", ".join(f"{e['build_s'] * 1000:.0f} ms" for e in encodes)

@@ -196,8 +196,9 @@ def test_workers_give_identical_merges(tmp_path):
     path = write(tmp_path, _corpus(rng, 400, [EOT]))
     one = train_bpe(path, 400, [EOT], num_workers=1, chunk_bytes=2048)
     two = train_bpe(path, 400, [EOT], num_workers=2, chunk_bytes=2048)
+    three = train_bpe(path, 400, [EOT], num_workers=3, chunk_bytes=4096)
     whole = train_bpe(path, 400, [EOT], num_workers=1, chunk_bytes=1 << 30)
-    assert one == two == whole
+    assert one == two == three == whole
     assert len(one[1]) > 50
 
 
@@ -212,6 +213,12 @@ def test_several_input_files_are_separate_documents(tmp_path):
     a, b = write(tmp_path, "ab ab ab", "a.txt"), write(tmp_path, "cd cd", "b.txt")
     vocab, merges = train_bpe([a, b], 300, [])
     assert merges == reference_train("ab ab ab" + EOT + "cd cd", 300, [EOT])
+
+
+def test_progress_bars_can_be_shown(tmp_path, capsys):
+    train_bpe(write(tmp_path, "ab ab ab cd"), 260, [], progress=True)
+    err = capsys.readouterr().err
+    assert "pre-tokenize" in err and "merge" in err
 
 
 def test_training_stops_when_pairs_run_out(tmp_path):
