@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers", reason="the HF export tests need transformers (extra 'hf')")
+transformers = pytest.importorskip("transformers", reason="HF export tests need transformers (extra 'hf')")
 
 from after_training_runs import END_OF_TEXT, make_run, random_model, train_tiny_tokenizer  # noqa: E402
 
