@@ -55,10 +55,16 @@ def test_bad_inputs_give_clear_errors():
     model = _model()
     with pytest.raises(ValueError, match="exceeds context_length=24"):
         model(torch.zeros(1, 25, dtype=torch.long, device=DEVICE))
+    # Ids are checked in eval mode on every device, and always on CPU; CUDA training skips the check
+    # (it would sync every step), so only CPU tries a bad id in training mode.
+    if DEVICE.type == "cpu":
+        with pytest.raises(ValueError, match="token id 97 is outside the vocabulary"):
+            model.train()(torch.tensor([[1, 97]], device=DEVICE))
+    model.eval()
     with pytest.raises(ValueError, match="token id 97 is outside the vocabulary"):
         model(torch.tensor([[1, 97]], device=DEVICE))
     with pytest.raises(ValueError, match="token id -1"):
-        model.eval()(torch.tensor([[-1, 3]], device=DEVICE))
+        model(torch.tensor([[-1, 3]], device=DEVICE))
     with pytest.raises(TypeError, match="integer"):
         model(torch.zeros(1, 3, device=DEVICE))
     with pytest.raises(ValueError, match="divisible"):
@@ -67,10 +73,9 @@ def test_bad_inputs_give_clear_errors():
         TransformerLM(**{**TINY, "d_model": 36, "num_heads": 4})
 
 
-def test_sdpa_path_equals_reference_outputs_and_gradients():
-    ref = _model(attn_impl="reference").double() if DEVICE.type == "cpu" else _model(attn_impl="reference")
-    fast = _model(attn_impl="sdpa").to(next(ref.parameters()).dtype)
-    fast.load_state_dict(ref.state_dict())
+def test_sdpa_path_equals_reference_outputs_and_gradients_in_float32():
+    ref, fast = _model(attn_impl="reference"), _model(attn_impl="sdpa")
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), fast.parameters(), strict=True))
     ids = torch.randint(0, 97, (3, 24), device=DEVICE)
     targets = torch.randint(0, 97, (3, 24), device=DEVICE)
     out_ref, out_fast = ref(ids), fast(ids)
@@ -78,13 +83,8 @@ def test_sdpa_path_equals_reference_outputs_and_gradients():
     cross_entropy(out_ref, targets).backward()
     cross_entropy(out_fast, targets).backward()
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_sdpa_path_equals_reference_in_float32():
-    ref, fast = _model(attn_impl="reference"), _model(attn_impl="sdpa")
-    ids = torch.randint(0, 97, (2, 24), device=DEVICE)
-    torch.testing.assert_close(fast(ids), ref(ids), rtol=1e-4, atol=1e-4)
+        # observed differences are ~1e-8 against gradients of ~1e-2
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
@@ -105,6 +105,7 @@ def test_autocast_runs_and_is_close(dtype, attn_impl):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     # One small test: compiling on CPU takes several seconds. Backward through the compiled graph too.
     model = _model(num_layers=1)

@@ -42,6 +42,6 @@ class RotaryPositionalEmbedding(nn.Module):
             cos, sin = self.cos[:seq_len], self.signed_sin[:seq_len]
         else:
             cos, sin = self.cos[token_positions], self.signed_sin[token_positions]
-        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        swapped = torch.stack((x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
         # The products promote to float32 (tables are fp32) even under autocast; cast back at the end.
         return (x * cos + swapped * sin).to(x.dtype)

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One-command GPU check for the model component (run from anywhere):
+#
+#     bash bench/gpu_check.sh
+#
+# On a machine with a CUDA GPU (< 5 minutes):
+#   1. the model / optimizer / loss tests with DIST_LLM_TEST_DEVICE=cuda (reference vs fused attention,
+#      bf16 and fp16 autocast, torch.compile and generation all run on the GPU);
+#   2. the training-step benchmark on the GPT-2-small config in bf16, eager;
+#   3. the same, torch.compile'd;
+# then a summary: each step's status and time, and the benchmark tables.
+# On a CPU-only machine it says so, runs a quick CPU sanity check and exits with its status (0 if fine).
+# Every step has its own timeout; a failing step does not stop the later ones; the exit code is
+# non-zero if any step failed. Full logs are kept in $LOG_DIR (default: a fresh dir under /tmp).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/dist_llm_gpu_check.XXXXXX)}"
+mkdir -p "$LOG_DIR"
+STEPS=()
+FAILED=0
+
+run_step() {  # run_step NAME TIMEOUT_SECONDS COMMAND...
+    local name="$1" limit="$2"
+    shift 2
+    local log="$LOG_DIR/$name.log" start rc
+    echo
+    echo "=== $name (timeout ${limit}s): $*"
+    start=$(date +%s)
+    set +e
+    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    local status="ok"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        status="TIMEOUT"
+    elif [ "$rc" -ne 0 ]; then
+        status="FAILED (exit $rc)"
+    fi
+    [ "$status" = "ok" ] || FAILED=1
+    STEPS+=("| $name | $status | $(($(date +%s) - start)) s |")
+}
+
+echo "dist_llm model GPU check | $(date -u +%Y-%m-%dT%H:%M:%SZ) | repo $(pwd) | logs $LOG_DIR"
+echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout')"
+"$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, \
+'| CUDA build', torch.version.cuda)"
+if ! "$PYTHON" -c "import dist_llm, pytest" 2>/dev/null; then
+    echo "dist_llm or pytest is not importable: run 'bash install.sh test' first" >&2
+    exit 2
+fi
+
+HAS_GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
+MODEL_TESTS=(tests/test_model_layers.py tests/test_model_transformer.py tests/test_model_generate.py
+             tests/test_optim.py tests/test_losses.py)
+
+if [ "$HAS_GPU" != "1" ]; then
+    echo
+    echo "No CUDA GPU visible to torch (torch.cuda.is_available() is False): nothing to check on a GPU."
+    echo "Running a quick CPU sanity check instead."
+    run_step cpu-tests 300 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_model_layers.py \
+        tests/test_model_generate.py tests/test_losses.py tests/test_optim.py
+    run_step cpu-bench-tiny 180 "$PYTHON" bench/bench_model.py --config tiny --device cpu --steps 1 \
+        --rounds 1 --warmup 1
+else
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+    run_step cuda-tests 180 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
+        "${MODEL_TESTS[@]}"
+    run_step bench-bf16-eager 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+        --dtype bf16 --steps 10 --rounds 2 --warmup 2
+    run_step bench-bf16-compile 270 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+        --dtype bf16 --compile --steps 10 --rounds 2 --warmup 3
+fi
+
+echo
+echo "=== summary"
+echo "| step | status | time |"
+echo "|---|---|---|"
+printf '%s\n' "${STEPS[@]}"
+for log in "$LOG_DIR"/bench-*.log "$LOG_DIR"/cpu-bench-*.log; do
+    [ -f "$log" ] || continue
+    echo
+    echo "$(basename "$log" .log):"
+    grep -E '^(device:|measured|\||.*ours / nanoGPT|peak GPU)' "$log" || echo "(no table: see $log)"
+done
+echo
+if [ "$FAILED" -ne 0 ]; then
+    echo "GPU CHECK: SOME STEPS FAILED (logs in $LOG_DIR)"
+    exit 1
+fi
+echo "GPU CHECK: ALL STEPS OK"
