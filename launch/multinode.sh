@@ -28,6 +28,10 @@ set -euo pipefail
 : "${NNODES:?set NNODES (number of nodes)}"
 : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT (host:port of the rendezvous, reachable from every node)}"
 PY=${PYTHON:-python3}
+# A restarted worker group must not read the previous group's addresses from a rendezvous store
+# shared across restarts (torch >= 2.5 shares it by default; pytorch/pytorch#135712): one fresh
+# store per round.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 NPROC_PER_NODE=${NPROC_PER_NODE:-$("$PY" -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 
 trap '' USR1

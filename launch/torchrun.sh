@@ -19,6 +19,10 @@
 # (TORCH_ELASTIC_SHUTDOWN_TIMEOUT raises that for very large checkpoints).
 set -euo pipefail
 PY=${PYTHON:-python3}
+# A restarted worker group must not read the previous group's addresses from a rendezvous store
+# shared across restarts (torch >= 2.5 shares it by default; pytorch/pytorch#135712): one fresh
+# store per round.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 NPROC_PER_NODE=${NPROC_PER_NODE:-$("$PY" -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 
 # --standalone: a private rendezvous on a free local port, so several runs can share a machine.
