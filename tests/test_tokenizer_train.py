@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import regex
 
-from dist_llm.tokenizer import TokenizerError, train_bpe
+from dist_llm.tokenizer import TokenizerError, corpus, train_bpe
 from dist_llm.tokenizer.bpe_merge import reverse_order_key
 from dist_llm.tokenizer.corpus import count_corpus, iter_chunk_bounds
 from dist_llm.tokenizer.pretokenize import GPT2_PATTERN
@@ -191,6 +191,12 @@ def test_chunk_boundary_does_not_split_overlapping_special(tmp_path):
     assert count_corpus([path], specials, chunk_bytes=8) == whole
 
 
+@pytest.fixture
+def small_inputs_use_processes(monkeypatch):
+    monkeypatch.setattr(corpus, "MIN_BYTES_PER_PROCESS", 1)
+
+
+@pytest.mark.usefixtures("small_inputs_use_processes")
 def test_workers_give_identical_merges(tmp_path):
     rng = random.Random(7)
     path = write(tmp_path, _corpus(rng, 400, [EOT]))
@@ -202,6 +208,7 @@ def test_workers_give_identical_merges(tmp_path):
     assert len(one[1]) > 50
 
 
+@pytest.mark.usefixtures("small_inputs_use_processes")
 def test_spawn_start_method_matches(tmp_path):
     rng = random.Random(8)
     path = write(tmp_path, _corpus(rng, 100, [EOT]))
@@ -243,6 +250,7 @@ def test_directory_is_not_a_file(tmp_path):
         train_bpe(tmp_path, 300, [])
 
 
+@pytest.mark.usefixtures("small_inputs_use_processes")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_invalid_utf8_names_byte_offset(tmp_path, workers):
     path = tmp_path / "bad.txt"

@@ -3,10 +3,10 @@
 A file is cut into chunks of about `chunk_bytes` whose boundaries fall where pre-tokenization is
 provably unaffected by the cut: preferably at the start of a special token (a document boundary),
 else, in a long stretch without one, between "X\\n" and "Y" with X, Y printable ASCII (no GPT-2
-pre-token spans that newline, see `_newline_cut`). Workers read and count their chunk themselves, so
-the parent only ever holds one search window and the merged counts: peak memory grows with the
-number of distinct pre-tokens, not with the file size, and the counts are identical for any
-number of workers and any chunk size.
+pre-token spans that newline, see `_newline_cut`). Each process reads and counts its own share of
+chunks (this process included), so no text travels between processes and a process holds one
+chunk's text at a time plus its counts: peak memory grows with the number of distinct pre-tokens,
+not with the file size, and the counts are identical for any number of workers and chunk size.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .progress import progress_bar
 # chunks keep that to tens of MB per process.
 DEFAULT_CHUNK_BYTES = 1 << 20
 _SHARE_BYTES = 256 << 20
+# Starting a process costs more than counting less than this much text.
+MIN_BYTES_PER_PROCESS = 1 << 20
 _SEARCH_WINDOW = 1 << 20
 # "X\nY" with X and Y printable, non-space ASCII: the cut goes between "\n" and "Y".
 _NEWLINE_CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
@@ -166,7 +168,8 @@ def count_corpus(
     start_method: str | None = None,
     progress: bool = False,
 ) -> Counter[str]:
-    """Counts the pre-tokens of all files in `num_workers` processes (this one included).
+    """Counts the pre-tokens of all files in up to `num_workers` processes (this one included; one
+    per MIN_BYTES_PER_PROCESS of input at most).
 
     The work is split into equal shares up front: this process counts its own shares while
     `num_workers - 1` pool processes count the others, each into one Counter that comes back once,
@@ -174,6 +177,7 @@ def count_corpus(
     the progress bar moves on big inputs.
     """
     total = sum(p.stat().st_size for p in paths)
+    num_workers = max(1, min(num_workers, total // MIN_BYTES_PER_PROCESS))
     # At least ~8 chunks per process, so the shares come out about equal.
     chunk_bytes = chunk_bytes or min(DEFAULT_CHUNK_BYTES, max(1 << 16, total // (8 * num_workers) + 1))
     specials = tuple(special_tokens)
