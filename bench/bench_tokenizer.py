@@ -209,10 +209,11 @@ def main() -> None:
             else "- | - | - | -"
         )
         mem = t["mem"]
+        worker = f"{mem['worker']:.0f}" if mem["worker"] else "none started"
         print(
             f"| {name} | {size_mb:.1f} | {vocab} | {t['ours1']:.2f} | {t['ours2']:.2f} | {t['hf']:.2f} "
             f"| {t['ratio1']:.2f} | {t['ratio2']:.2f} | {enc} "
-            f"| {mem['main']:.0f} / {mem['worker']:.0f} / {mem['hf']:.0f} |"
+            f"| {mem['main']:.0f} / {worker} / {mem['hf']:.0f} |"
         )
     print(f"\nload average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     encodes = [e for *_, e in table if e]

@@ -25,8 +25,8 @@ from .progress import progress_bar
 # Tie-break: among equal counts the lexicographically greatest (left bytes, right bytes) wins, but
 # heapq pops the smallest entry and bytes cannot be negated. So each token gets a string key that
 # sorts in exactly the reverse order of its bytes: byte c becomes chr(256 - c) (higher bytes sort
-# first), and a terminator chr(257) sorts after every such code point, so a byte string sorts after
-# (i.e. below, in bytes order) every longer string it is a prefix of.
+# first), and a terminator chr(257) sorts after every such code point, so a proper prefix (the
+# smaller byte string) gets the larger key.
 _REVERSE_BYTE = {c: chr(256 - c) for c in range(256)}
 _TERMINATOR = chr(257)
 

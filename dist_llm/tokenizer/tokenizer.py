@@ -35,7 +35,6 @@ class Tokenizer:
     ) -> None:
         self.special_tokens: list[str] = validate_special_tokens(special_tokens)
         self.vocab: dict[int, bytes] = _checked_vocab(vocab)
-        self.merges: list[tuple[bytes, bytes]] = [tuple(m) for m in merges]  # type: ignore[misc]
         # The lowest id wins where several ids share the same bytes.
         self._id_of_bytes: dict[bytes, int] = {}
         for i in sorted(self.vocab):
@@ -57,11 +56,27 @@ class Tokenizer:
             )
         self._byte_ids = [self._id_of_bytes[bytes([c])] for c in range(256)]
         self._bytes_are_ids = self._byte_ids == list(range(256))
-        # (left id, right id) -> merge rank; merge rank -> id of the merged token.
+        self.merges: list[tuple[bytes, bytes]] = self._index_merges(merges)
+        # Tokens that BPE turns back into themselves: a pre-token with those bytes needs no merging
+        # (usually almost all of them; the rest still go through the merges, so results are exact).
+        self._whole_tokens: dict[bytes, tuple[int]] = {}
+        for token_id in self._merged_id:
+            if self._bpe_bytes(self.vocab[token_id]) == (token_id,):
+                self._whole_tokens[self.vocab[token_id]] = (token_id,)
+        self._cache = _PieceCache(self._bpe)
+
+    def _index_merges(self, merges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Checks each merge against the vocabulary and builds the encoder's tables:
+        (left id, right id) -> merge rank, and merge rank -> id of the merged token."""
         self._rank: dict[tuple[int, int], int] = {}
         self._merged_id: list[int] = []
-        for rank, merge in enumerate(self.merges):
-            if len(merge) != 2 or not all(isinstance(part, bytes) for part in merge):
+        checked = []
+        for rank, merge in enumerate(merges):
+            if not (
+                isinstance(merge, (tuple, list))
+                and len(merge) == 2
+                and all(isinstance(p, bytes) for p in merge)
+            ):
                 raise TokenizerError(f"merge #{rank} must be a pair of bytes, got {merge!r}")
             left, right = merge
             ids = [self._id_of_bytes.get(part) for part in (left, right, left + right)]
@@ -72,13 +87,8 @@ class Tokenizer:
                     )
             self._rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
-        # Tokens that BPE turns back into themselves: a pre-token with those bytes needs no merging
-        # (usually almost all of them; the rest still go through the merges, so results are exact).
-        self._whole_tokens: dict[bytes, tuple[int]] = {}
-        for token_id in self._merged_id:
-            if self._bpe_bytes(self.vocab[token_id]) == (token_id,):
-                self._whole_tokens[self.vocab[token_id]] = (token_id,)
-        self._cache = _PieceCache(self._bpe)
+            checked.append((left, right))
+        return checked
 
     # ------------------------------------------------------------------ properties
     @property
