@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import random
 
 import pytest
@@ -201,3 +202,10 @@ def test_equals_tiktoken_built_from_our_merges(tok):
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         assert ours.encode(text) == enc.encode(text, allowed_special="all"), text
+
+
+def test_pickled_copy_for_worker_processes(tok):
+    tok.encode("Hi there, the cat")  # warm the cache
+    copy = pickle.loads(pickle.dumps(tok))
+    assert len(copy._cache) == 0  # tables travel, the cache does not
+    assert copy.encode(TRICKY) == tok.encode(TRICKY) and copy.fingerprint == tok.fingerprint

@@ -117,6 +117,17 @@ class Tokenizer:
             raise KeyError(f"token {token!r} is not in the vocabulary (size {self.vocab_size})")
         return i
 
+    # Pickling is only for handing a built tokenizer to worker processes (files use save/load):
+    # the lookup tables travel, the pre-token cache does not (it can hold a million entries).
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_cache"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = _PieceCache(self._bpe)
+
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
