@@ -253,7 +253,8 @@ def verify_checkpoint(path: str | Path) -> None:
         if not file.is_file():
             raise CheckpointError(f"{file}: missing from the checkpoint")
         if file.stat().st_size != size:
-            raise CheckpointError(f"{file}: has {file.stat().st_size} bytes, {size} were written")
+            raise CheckpointError(f"{file}: truncated or altered (has {file.stat().st_size} bytes, "
+                                  f"{size} were written)")
         if name.endswith(".safetensors"):
             _safetensors_header(file)
         elif name.endswith(".json"):

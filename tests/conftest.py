@@ -7,7 +7,7 @@ import multiprocessing as mp
 import os
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,17 @@ def ranks(tmp_path: Path) -> Callable[..., list]:
 
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second intra-op thread, and lose a lot when the cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A corpus and a cache dir shared by all trainer tests, so the tokenizer is trained only once."""
@@ -92,3 +103,21 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny_data")
     return {"corpus": write_tiny_corpus(root / "corpus.txt"), "cache": root / "cache"}
+
+
+def _train_on_rank(rank: int, argv: list[str]) -> int:
+    from dist_llm.train import main
+
+    return main(argv)
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tiny_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny run (8 steps, LR decaying over 8 steps) on 2 gloo ranks with micro-batch 4;
+    shared by the DDP-equivalence and the 2-rank exact-resume tests."""
+    from trainer_runs import tiny_train_args
+
+    run_dir = tmp_path_factory.mktemp("two_ranks") / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--train.micro_batch_size=4", "--optim.decay_steps=8")
+    assert run_ranks(_train_on_rank, 2, args, out_dir=run_dir.parent / "ranks") == [0, 0]
+    return run_dir

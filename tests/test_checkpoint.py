@@ -68,6 +68,7 @@ def test_public_api_round_trip_continues_training_identically(tmp_path, form):
         assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's imports
 def test_wrapper_prefixes_are_stripped(tmp_path):
     model, opt = _fresh()
     plain = set(model.state_dict())

@@ -14,7 +14,7 @@ from dist_llm.checkpoint import find_latest_checkpoint, verify_checkpoint
 
 
 def _run(args, cwd, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return subprocess.run([sys.executable, "-m", "dist_llm.train", *args], cwd=cwd, env=env,

@@ -1,0 +1,55 @@
+"""The optimisation does not depend on how the global batch is split: ranks x micro-batches x accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trainer_runs import final_weights, tiny_train_args, train_losses
+
+from dist_llm.train import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _assert_same_training(run_a, run_b):
+    losses_a, losses_b = train_losses(run_a), train_losses(run_b)
+    assert sorted(losses_a) == list(range(1, 9))
+    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    weights_a, weights_b = final_weights(run_a), final_weights(run_b)
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        torch.testing.assert_close(weights_a[name], weights_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_big_batch(tiny_data, tmp_path_factory):
+    """1 rank, micro-batch 8 = the whole global batch of 8 x 32 tokens: no accumulation."""
+    run_dir = tmp_path_factory.mktemp("big_batch")
+    assert main(tiny_train_args(tiny_data, run_dir, "--train.micro_batch_size=8")) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_equal_one_rank_with_twice_the_batch(two_rank_run, one_big_batch):
+    # two_rank_run: 2 ranks x micro-batch 4; one_big_batch: 1 rank x micro-batch 8; same global batch
+    _assert_same_training(one_big_batch, two_rank_run)
+
+
+def test_accumulation_of_four_micro_batches_equals_one_batch(tiny_data, tmp_path, one_big_batch):
+    run_dir = tmp_path / "accum"
+    assert main(tiny_train_args(tiny_data, run_dir, "--train.micro_batch_size=2")) == 0  # 4 micro-steps
+    _assert_same_training(one_big_batch, run_dir)
+
+
+def test_global_batch_not_divisible_by_ranks_names_the_values(tiny_data, tmp_path, capsys):
+    assert main(tiny_train_args(tiny_data, tmp_path / "r", "--train.micro_batch_size=8",
+                                "--train.global_batch_tokens=768")) == 0  # 3 x 8 sequences: fine on 1 rank
+    from dist_llm.config import ConfigError, parse_args
+    from dist_llm.training.plan import make_plan
+
+    cfg = parse_args(tiny_train_args(tiny_data, tmp_path / "r", "--train.global_batch_tokens=768"))
+    with pytest.raises(ConfigError, match=r"24 sequences of 32 tokens\) is not divisible by "
+                                          r"train.micro_batch_size \(4\) x world size \(4\) = 16"):
+        make_plan(cfg, world_size=4, train_windows=10_000)
+    plan = make_plan(cfg, world_size=2, train_windows=10_000)
+    assert (plan.accum_steps, plan.global_batch_seqs) == (3, 24)

@@ -1,0 +1,145 @@
+"""Faults: crash mid-checkpoint, corrupted or foreign checkpoints, non-finite loss, stop signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from trainer_runs import read_jsonl, tiny_train_args
+
+from dist_llm.checkpoint import CRASH_ENV, find_latest_checkpoint
+from dist_llm.train import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _subprocess_train(args, extra_env=None, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "dist_llm.train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _steps(run_dir):
+    return [p.name for p in sorted((run_dir / "checkpoints").glob("step_*"))]
+
+
+def test_crash_mid_checkpoint_leaves_previous_one_for_resume_auto(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=4", "--optim.decay_steps=8")
+    proc = _subprocess_train(args, {CRASH_ENV: "8"})  # dies while writing the step-8 checkpoint
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 43, err[-2000:]
+    assert _steps(run_dir) == ["step_00000004"]
+    assert list((run_dir / "checkpoints").glob(".tmp_step_00000008_*"))  # the half-written one
+    assert not (run_dir / "model.safetensors").exists()
+
+    assert main([*args, "--resume=auto"]) == 0
+    out = capsys.readouterr().out
+    assert "continuing from" in out and "step_00000004" in out
+    assert _steps(run_dir) == ["step_00000004", "step_00000008"]
+    assert not list((run_dir / "checkpoints").glob(".tmp_*"))
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert steps == list(range(1, 9))  # the crashed run's lines after step 4 were replaced, not duplicated
+
+
+def test_corrupted_checkpoint_falls_back_to_previous(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=4", "--optim.decay_steps=12")
+    assert main(args) == 0
+    latest = find_latest_checkpoint(run_dir / "checkpoints")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated, e.g. by a full disk
+    capsys.readouterr()
+
+    assert main([*args, "--resume=auto", "--train.max_steps=12"]) == 0
+    out = capsys.readouterr().out
+    assert f"{weights}: truncated" in out and "falling back to the previous complete checkpoint" in out
+    assert "continuing from" in out and "step_00000004 at step 4" in out
+
+    # An explicitly named broken checkpoint is an error naming the file, not a silent fallback.
+    (run_dir / "checkpoints" / "step_00000012" / "optimizer.json").write_text("{")
+    code = main([*args, f"--resume={run_dir / 'checkpoints' / 'step_00000012'}", "--train.max_steps=16"])
+    assert code == 1
+    assert "optimizer.json" in capsys.readouterr().err
+
+
+def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(tiny_train_args(tiny_data, run_dir, "--train.max_steps=3")) == 0
+    capsys.readouterr()
+    code = main(tiny_train_args(tiny_data, run_dir, "--train.max_steps=6", "--model.d_ff=96",
+                                "--model.num_layers=1", "--resume=auto"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "model config differs" in err
+    assert "d_ff: checkpoint 64 vs run 96" in err and "num_layers: checkpoint 2 vs run 1" in err
+
+
+@pytest.fixture
+def nan_at_micro_step(monkeypatch):
+    """Make the training loss NaN at the given (1-based) training micro-step."""
+    real = torch.nn.functional.cross_entropy
+
+    def install(bad_call: int):
+        calls = {"n": 0}
+
+        def flaky(*args, **kwargs):
+            loss = real(*args, **kwargs)
+            if torch.is_grad_enabled():  # training, not evaluation
+                calls["n"] += 1
+                if calls["n"] == bad_call:
+                    return loss * float("nan")
+            return loss
+
+        monkeypatch.setattr(torch.nn.functional, "cross_entropy", flaky)
+
+    return install
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_data, tmp_path, capsys, nan_at_micro_step):
+    run_dir = tmp_path / "run"
+    nan_at_micro_step(5)  # 2 micro-steps per step: step 3
+    assert main(tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=2")) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 3" in err and "train.skip_nonfinite" in err
+    assert _steps(run_dir) == ["step_00000002"]
+    state = json.loads((run_dir / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    assert not (run_dir / "model.safetensors").exists()
+
+
+def test_non_finite_loss_can_be_skipped(tiny_data, tmp_path, nan_at_micro_step):
+    run_dir = tmp_path / "run"
+    nan_at_micro_step(5)
+    assert main(tiny_train_args(tiny_data, run_dir, "--train.skip_nonfinite=1")) == 0
+    state = json.loads((run_dir / "checkpoints" / "step_00000008" / "trainer_state.json").read_text())
+    assert state["nonfinite_skipped"] == 1
+    logged = [r["train_loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert len(logged) == 8 and all(loss == loss for loss in logged)  # no NaN was logged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_signal_checkpoints_and_exits_cleanly(tiny_data, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=5000", "--eval.interval=0")
+    proc = _subprocess_train(args)
+    deadline = time.monotonic() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and any("train_loss" in r for r in read_jsonl(metrics))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"received {sig.name}" in out
+    latest = find_latest_checkpoint(run_dir / "checkpoints")
+    step = json.loads((latest / "trainer_state.json").read_text())["step"]
+    assert 1 <= step < 5000
+    assert not (run_dir / "model.safetensors").exists()  # stopped early: no final model yet
