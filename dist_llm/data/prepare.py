@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ import numpy as np
 from dist_llm.data.meta import FORMAT_VERSION, META_NAME, read_meta, token_dtype, write_meta
 from dist_llm.data.sources import DataError, iter_chunks, resolve_inputs, split_chunk
 
-DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_CHUNK_SIZE = 1 << 18  # small enough to balance 2+ workers on a few-MB corpus
 SPLITS = ("train", "val")
 
 
@@ -67,9 +69,9 @@ class ChunkTokens:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_cls: type, vocab: dict, merges: list, special_tokens: list[str],
-                 separator: str, val_fraction: float, replace_invalid_utf8: bool, dtype: str) -> None:
-    tokenizer = tokenizer_cls(vocab, merges, special_tokens)
+def _init_worker(tokenizer: Any, separator: str, val_fraction: float, replace_invalid_utf8: bool,
+                 dtype: str) -> None:
+    # The tokenizer arrives pickled with its lookup tables built: cheaper than constructing it again.
     _worker.update(tokenizer=tokenizer, separator=separator, sep_id=tokenizer.token_id(separator),
                    val_fraction=val_fraction, replace=replace_invalid_utf8, dtype=np.dtype(dtype))
 
@@ -90,8 +92,35 @@ def _encode_chunk(chunk: Any) -> ChunkTokens:
                        docs["train"], docs["val"], len(chunk.data))
 
 
-def _ordered_map(chunks: Iterator[Any], workers: int, init_args: tuple, max_in_flight: int,
-                 stats: dict[str, int]) -> Iterator[ChunkTokens]:
+def _start_method() -> str:
+    """fork where it is safe, else spawn.
+
+    fork starts a worker in milliseconds, spawn re-imports numpy and the tokenizer (about a second per
+    worker on a busy 2-core machine, as long as tokenizing a few MB). fork is only used on Linux and
+    while this process has no other Python thread (the pool is created before the progress bar's
+    monitor thread); the workers never touch torch or CUDA, only the tokenizer and numpy.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int, init_args: tuple) -> Iterator[Any]:
+    """A started Pool of tokenizer workers, or None for workers == 1 (then this process tokenizes)."""
+    if workers <= 1:
+        _init_worker(*init_args)
+        try:
+            yield None
+        finally:
+            _worker.clear()
+        return
+    with multiprocessing.get_context(_start_method()).Pool(workers, _init_worker, init_args) as pool:
+        yield pool
+
+
+def _ordered_results(pool: Any, chunks: Iterator[Any], max_in_flight: int,
+                     stats: dict[str, int]) -> Iterator[ChunkTokens]:
     """Results of _encode_chunk in input order, with at most max_in_flight chunks held at once."""
     def note(chunk: Any, in_flight: int) -> Any:
         stats["chunks"] += 1
@@ -99,23 +128,17 @@ def _ordered_map(chunks: Iterator[Any], workers: int, init_args: tuple, max_in_f
         stats["max_in_flight"] = max(stats["max_in_flight"], in_flight)
         return chunk
 
-    if workers <= 1:
-        _init_worker(*init_args)
-        try:
-            for chunk in chunks:
-                yield _encode_chunk(note(chunk, 1))
-        finally:
-            _worker.clear()
-        return
-    # spawn: the same behaviour on Linux and macOS, and safe when the caller has threads (torch, tqdm).
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, init_args) as pool:
-        pending: collections.deque = collections.deque()
+    if pool is None:
         for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (note(chunk, len(pending) + 1),)))
-            if len(pending) >= max_in_flight:
-                yield pending.popleft().get()
-        while pending:
+            yield _encode_chunk(note(chunk, 1))
+        return
+    pending: collections.deque = collections.deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_encode_chunk, (note(chunk, len(pending) + 1),)))
+        if len(pending) >= max_in_flight:
             yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def describe_inputs(files: list[Path], previous: list[dict] | None = None) -> list[dict]:
@@ -211,16 +234,16 @@ def prepare_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_NAME).unlink(missing_ok=True)  # from here on the directory does not look prepared
     tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
-    init_args = (type(tokenizer), tokenizer.vocab, tokenizer.merges, list(tokenizer.special_tokens),
-                 separator, val_fraction, replace_invalid_utf8, dtype.name)
+    init_args = (tokenizer, separator, val_fraction, replace_invalid_utf8, dtype.name)
     stats = {"chunks": 0, "max_chunk_bytes": 0, "max_in_flight": 0}
     totals = {"train_tokens": 0, "val_tokens": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
     started = time.perf_counter()
-    bar = _progress_bar(sum(d["size"] for d in described), files, progress)
     try:
         chunks = (c for path in files for c in iter_chunks(path, chunk_size, separator))
-        with open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val:
-            for result in _ordered_map(chunks, workers, init_args, 2 * workers, stats):
+        with _worker_pool(workers, init_args) as pool, \
+                open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val, \
+                _progress_bar(sum(d["size"] for d in described), files, progress) as bar:
+            for result in _ordered_results(pool, chunks, 2 * workers, stats):
                 result.train.tofile(f_train)
                 result.val.tofile(f_val)
                 totals["train_tokens"] += result.train.size
@@ -235,7 +258,6 @@ def prepare_corpus(
         for split in SPLITS:
             _fsync_and_replace(tmp[split], out_dir / f"{split}.bin")
     finally:
-        bar.close()
         for path in tmp.values():
             path.unlink(missing_ok=True)
     seconds = time.perf_counter() - started

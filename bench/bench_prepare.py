@@ -1,0 +1,102 @@
+"""Corpus preparation throughput: dist_llm.data.prepare with N workers vs tiktoken in one thread.
+
+    python bench/bench_prepare.py --input /work/shared/data/shakespeare_complete.txt --vocab-size 10000
+
+Trains (or loads, with --tokenizer DIR) a BPE tokenizer on the input, builds a tiktoken Encoding from
+the same merges and the GPT-2 pre-tokenization regex, and times in one run: tiktoken encoding the whole
+text in one thread (the baseline), prepare_corpus with 1 worker, and with --workers workers (the full
+pipeline: chunking, tokenizing, writing train.bin/val.bin/meta.json, pool start-up included).
+The target is a ratio of at least 0.8 for the parallel run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SEP = "<|endoftext|>"
+
+
+def tiktoken_from(tokenizer):  # noqa: ANN001, ANN201
+    """A tiktoken Encoding with the same merges: single bytes rank 0..255, then merges in order."""
+    import tiktoken
+
+    ranks = {bytes([b]): b for b in range(256)}
+    for left, right in tokenizer.merges:
+        ranks.setdefault(left + right, len(ranks))
+    return tiktoken.Encoding("bench", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={SEP: len(ranks)})
+
+
+def timed(fn, repeats: int = 1):  # noqa: ANN001, ANN201
+    """(result, best wall seconds, CPU seconds of that run in this process and its reaped children).
+
+    The minimum wall time is the least disturbed by other load; the CPU time shows the work itself,
+    which on a busy machine can be much less than workers x wall time.
+    """
+    best, best_cpu = float("inf"), 0.0
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), os.times()
+        result = fn()
+        wall, c1 = time.perf_counter() - t0, os.times()
+        if wall < best:
+            best = wall
+            best_cpu = (c1.user + c1.system + c1.children_user + c1.children_system
+                        - c0.user - c0.system - c0.children_user - c0.children_system)
+    return result, best, best_cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", default="/work/shared/data/shakespeare_complete.txt")
+    parser.add_argument("--vocab-size", type=int, default=10000)
+    parser.add_argument("--tokenizer", help="a saved tokenizer directory (default: train one on the input)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    args = parser.parse_args()
+
+    from dist_llm.data.prepare import prepare_corpus
+    from dist_llm.tokenizer import Tokenizer, train_bpe
+
+    if args.tokenizer:
+        tok = Tokenizer.load(args.tokenizer)
+    else:
+        (vocab, merges), seconds, _ = timed(lambda: train_bpe(args.input, args.vocab_size, [SEP]))
+        tok = Tokenizer(vocab, merges, [SEP])
+        print(f"trained a {tok.vocab_size}-token BPE on {args.input} in {seconds:.1f} s")
+    text = Path(args.input).read_text(encoding="utf-8")
+    mb = len(text.encode("utf-8")) / 1e6
+
+    enc = tiktoken_from(tok)
+    tik_ids, tik_s, cpu = timed(lambda: enc.encode(text, allowed_special="all"), args.repeats)
+    rows = [("tiktoken, 1 thread (baseline)", tik_s, cpu, len(tik_ids))]
+    # Tokenizer.encode alone on a fresh copy (cold pre-token cache, as in a worker): the bound for prepare.
+    fresh = [Tokenizer(tok.vocab, tok.merges, [SEP]) for _ in range(args.repeats * 3)]
+    ids, seconds, cpu = timed(lambda: fresh.pop().encode(text), args.repeats)
+    rows.append(("dist_llm Tokenizer.encode only, 1 process", seconds, cpu, len(ids)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, args.workers):
+            # a fresh tokenizer per run: no pre-token cache carried over from the previous run
+            meta, seconds, cpu = timed(lambda w=workers: prepare_corpus(
+                [args.input], fresh.pop(), Path(tmp) / f"w{w}", workers=w, force=True, progress=False),
+                args.repeats)
+            tokens = sum(s["num_tokens"] for s in meta["splits"].values())
+            name = f"dist_llm prepare, {workers} worker{'s' if workers > 1 else ''}"
+            rows.append((name, seconds, cpu, tokens))
+    # The same merges give the same tokens, except that prepare drops the newlines around separators.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{args.input}: {mb:.2f} MB, vocab {tok.vocab_size}, {os.cpu_count()} CPUs, "
+          f"load average {load:.1f}, best of {args.repeats}\n")
+    print("| pipeline | wall s | MB/s | ratio vs tiktoken | CPU s (all processes) | tokens |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds, cpu, tokens in rows:
+        print(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {tik_s / seconds:.2f}x | {cpu:.2f} "
+              f"| {tokens:,} |")
+
+
+if __name__ == "__main__":
+    main()
