@@ -108,7 +108,10 @@ def test_validation_choice_is_whole_documents_near_the_fraction():
     assert not any(is_validation_doc("corpus.txt", i, 0.0) for i in range(100))
 
 
-def test_parallel_output_is_byte_identical_and_memory_is_bounded(tmp_path, tok):
+@pytest.mark.parametrize("start_method", ["default", "spawn"])
+def test_parallel_output_is_byte_identical_and_memory_is_bounded(tmp_path, tok, monkeypatch, start_method):
+    if start_method != "default":
+        monkeypatch.setattr(prepare_module, "_start_method", lambda: start_method)
     docs = nasty_docs(random.Random(3), 150)
     write_txt(tmp_path / "big.txt", docs, "newlines")
     size = (tmp_path / "big.txt").stat().st_size
