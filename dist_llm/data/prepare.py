@@ -180,12 +180,15 @@ def _cached_meta(out_dir: Path, files: list[Path], fingerprint: str, options: di
     if (meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer_fingerprint") != fingerprint
             or meta.get("options") != options):
         return None
-    for split in SPLITS:
-        info = meta["splits"].get(split, {})
-        path = out_dir / info.get("file", f"{split}.bin")
-        expected = info.get("num_tokens", -1) * np.dtype(meta["dtype"]).itemsize
-        if not path.exists() or path.stat().st_size != expected:
-            return None
+    try:
+        for split in SPLITS:
+            info = meta["splits"][split]
+            expected = info["num_tokens"] * np.dtype(meta["dtype"]).itemsize
+            path = out_dir / info["file"]
+            if not path.exists() or path.stat().st_size != expected:
+                return None
+    except (KeyError, TypeError, ValueError):  # a meta.json edited by hand: rebuild rather than trust it
+        return None
     current = describe_inputs(files, meta.get("inputs"))
     return meta if _same_inputs(current, meta.get("inputs", [])) else None
 
