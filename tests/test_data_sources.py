@@ -111,3 +111,14 @@ def test_resolve_inputs_dirs_globs_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="directory holds no"):
         resolve_inputs([tmp_path / "empty"])
+
+
+def test_unreadable_input_is_named(tmp_path):
+    path = tmp_path / "broken.txt.gz"
+    path.write_bytes(b"this is not gzip data" * 10)
+    with pytest.raises(DataError, match=r"broken\.txt\.gz: cannot read input"):
+        list(iter_chunks(path, 4096, SEP))
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:-12])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz: cannot read input"):
+        list(iter_chunks(truncated, 4096, SEP))
