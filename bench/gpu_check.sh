@@ -82,7 +82,7 @@ for log in "$LOG_DIR"/bench-*.log "$LOG_DIR"/cpu-bench-*.log; do
     [ -f "$log" ] || continue
     echo
     echo "$(basename "$log" .log):"
-    grep -E '^(device:|measured|\||.*ours / nanoGPT|peak GPU)' "$log" || echo "(no table: see $log)"
+    grep -E '^(device:|measured|matmul peak|\||.*ours / nanoGPT|peak GPU)' "$log" || echo "(no table: see $log)"
 done
 echo
 if [ "$FAILED" -ne 0 ]; then

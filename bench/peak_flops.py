@@ -41,7 +41,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measured_matmul_peak(
-    device: torch.device, dtype: torch.dtype, size: int | None = None, min_seconds: float = 0.5
+    device: torch.device, dtype: torch.dtype, size: int | None = None, min_seconds: float = 1.0
 ) -> float:
     """Best FLOP/s of a square size x size matmul over repeated timed bursts."""
     size = size or (8192 if device.type == "cuda" else 1024)
