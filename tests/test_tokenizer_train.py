@@ -150,7 +150,23 @@ def test_no_merge_across_document_boundary(tmp_path):
 
 
 def _corpus(rng: random.Random, n_docs: int, specials: list[str]) -> str:
-    words = ["the", " cat", " sat", "\n", "\n\n", " on", " mat", "!", " é", "  ", "'s", "42", "X\nY"]
+    words = [
+        "the",
+        " cat",
+        " sat",
+        "\n",
+        "\n\n",
+        " on",
+        " mat",
+        "!",
+        " é",
+        "  ",
+        "'s",
+        "42",
+        "X\nY",
+        "\r\n",
+        "'\r",
+    ]
     docs = ["".join(rng.choice(words) for _ in range(rng.randint(5, 60))) for _ in range(n_docs)]
     out = []
     for doc in docs:
@@ -169,14 +185,23 @@ def test_chunked_counts_equal_whole_text_counts(tmp_path, specials):
     assert len(bounds) > 10
     data = path.read_bytes()
     for start, _ in bounds[1:]:
-        # A chunk starts at a special token, or right after "\n" with printable ASCII on both sides.
-        printable = 0x21 <= data[start - 2] <= 0x7E and 0x21 <= data[start] <= 0x7E
-        assert any(data.startswith(t.encode(), start) for t in specials) or (
-            data[start - 1 : start] == b"\n" and printable
-        )
+        # A chunk starts at a special token, or at a line break after a printable ASCII character.
+        at_line_break = data[start : start + 1] in (b"\n", b"\r") and 0x21 <= data[start - 1] <= 0x7E
+        assert any(data.startswith(t.encode(), start) for t in specials) or at_line_break
     assert bounds[0][0] == 0 and bounds[-1][1] == len(data)
     assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))
     assert whole == count_corpus([path], specials, num_workers=1, chunk_bytes=64)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_line_break_cuts_never_change_counts(tmp_path, seed):
+    # No special tokens: every cut is a line-break cut. Tiny chunks try nearly every position.
+    rng = random.Random(seed)
+    pieces = ["a", "b", " ", "\n", "\r", "\r\n", "'", "s", "ll", "1", "!", "é", "\t", "\u00a0", "日", "\n\n"]
+    for _ in range(40):
+        path = write(tmp_path, "".join(rng.choice(pieces) for _ in range(rng.randint(1, 200))))
+        whole = count_corpus([path], [], chunk_bytes=1 << 30)
+        assert count_corpus([path], [], chunk_bytes=1) == count_corpus([path], [], chunk_bytes=5) == whole
 
 
 def test_chunk_boundary_does_not_split_overlapping_special(tmp_path):

@@ -2,11 +2,11 @@
 
 A file is cut into chunks of about `chunk_bytes` whose boundaries fall where pre-tokenization is
 provably unaffected by the cut: preferably at the start of a special token (a document boundary),
-else, in a long stretch without one, between "X\\n" and "Y" with X, Y printable ASCII (no GPT-2
-pre-token spans that newline, see `_newline_cut`). Each process reads and counts its own share of
-chunks (this process included), so no text travels between processes and a process holds one
-chunk's text at a time plus its counts: peak memory grows with the number of distinct pre-tokens,
-not with the file size, and the counts are identical for any number of workers and chunk size.
+else, in a long stretch without one, between a printable ASCII character and a line break
+(see `_newline_cut`). Each process reads and counts its own share of chunks (this process
+included), so no text travels between processes and a process holds one chunk's text at a time
+plus its counts: peak memory grows with the number of distinct pre-tokens, not with the file
+size, and the counts are identical for any number of workers and chunk size.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ _SHARE_BYTES = 256 << 20
 # Starting a process costs more than counting less than this much text.
 MIN_BYTES_PER_PROCESS = 1 << 20
 _SEARCH_WINDOW = 1 << 20
-# "X\nY" with X and Y printable, non-space ASCII: the cut goes between "\n" and "Y".
-_NEWLINE_CUT = re.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")
+# A printable, non-space ASCII character followed by "\n" or "\r": the cut goes between them.
+_NEWLINE_CUT = re.compile(rb"[\x21-\x7e](?=[\r\n])")
 
 
 def check_input_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -76,15 +76,16 @@ def _special_cut(window: bytes, lo: int, hi: int, specials: Sequence[bytes]) -> 
 
 
 def _newline_cut(window: bytes, lo: int, hi: int, specials: Sequence[bytes]) -> int | None:
-    """The first cut "X\\n|Y" in window[lo:hi] (see the module docstring) that no special token spans.
+    """The first cut "X|\\n" (or "X|\\r") in window[lo:hi] that no special token spans.
 
-    Why it is safe: no GPT-2 pre-token extends from a non-space character into a newline, the
-    newline alone is a pre-token whether or not text follows it (`\\s+(?!\\S)` at the end of the
-    text and `\\s+` before "Y" both match just "\\n"), and the pattern has no look-behind, so the
-    pre-tokens from "Y" on are the same as when the text started at "Y".
+    Why it is safe: the pre-token holding the non-space character X ends at X whether a line break
+    or the end of the text follows (no GPT-2 pre-token runs from a non-space character into
+    whitespace), earlier pre-tokens look ahead at most to X, and the pattern has no look-behind,
+    so matching from the line break on gives the same pre-tokens as in the whole text. Being
+    ASCII, both bytes are character boundaries, and Windows line ends ("\\r\\n") work too.
     """
-    for m in _NEWLINE_CUT.finditer(window, max(0, lo - 2), hi + 1):
-        p = m.start() + 2
+    for m in _NEWLINE_CUT.finditer(window, max(0, lo - 1), hi):
+        p = m.end()
         if p >= lo and not _straddles(window, p, specials):
             return p
     return None
