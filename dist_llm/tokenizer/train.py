@@ -52,8 +52,9 @@ def train_bpe(
             stops early if the corpus runs out of pairs to merge.
         special_tokens: strings split out before pre-tokenization; they mark document boundaries,
             are never merged, and get ids 256, 257, ...
-        num_workers: processes that count pre-tokens; None picks 1 for small inputs, else the CPU
-            count (at most 8). The result is identical for any value.
+        num_workers: processes that count pre-tokens, this one included (never more than one per
+            MB of input); None picks 1 below 2 MB, else the CPU count (at most 8). The result is
+            identical for any value.
         chunk_bytes: target size of the file chunks handed to workers (None: automatic).
         start_method: multiprocessing start method ("fork", "spawn", ...; None: the platform default).
         progress: show tqdm progress bars; None shows them for large inputs on a terminal.
