@@ -6,7 +6,7 @@
 # The #SBATCH lines are defaults for a GPU cluster; options on the sbatch command line override them:
 #   sbatch --nodes=4 --time=12:00:00 --partition=gpu slurm/pretrain.sh --config ...
 # The job runs one torchrun per node (launch/multinode.sh), which starts one trainer process per GPU
-# (NPROC_PER_NODE overrides: `NPROC_PER_NODE=2 sbatch --gres=none ... slurm/pretrain.sh` on CPUs).
+# (NPROC_PER_NODE overrides: `NPROC_PER_NODE=2 sbatch --gpus-per-node=0 ... slurm/pretrain.sh` on CPUs).
 # Your Python environment and NCCL settings: slurm/env.sh. The run directory must be on storage all
 # nodes share.
 #
@@ -91,8 +91,9 @@ if [ "$stop_signal" = USR1 ]; then
         exit "$rc"
     fi
     if [ "${SLURM_RESTART_COUNT:-0}" -ge "$max_requeues" ]; then
-        echo "dist_llm job $SLURM_JOB_ID: checkpointed, but already requeued $max_requeues times" \
-            "(DIST_LLM_MAX_REQUEUES); not requeued. Submit again to continue from the checkpoint." >&2
+        echo "dist_llm job $SLURM_JOB_ID: checkpoint written, but not requeued: requeued" \
+            "${SLURM_RESTART_COUNT:-0} times already, DIST_LLM_MAX_REQUEUES=$max_requeues." \
+            "Submit again to continue from the checkpoint." >&2
         exit 3
     fi
     echo "dist_llm job $SLURM_JOB_ID: checkpoint written; requeueing"
