@@ -41,8 +41,11 @@ if [ ! -f "$PROJECT_DIR/launch/multinode.sh" ]; then
     exit 2
 fi
 export PROJECT_DIR
+# Activation scripts (conda's in particular) often read unset variables: no `set -u` while they run.
+set +u
 # shellcheck source=slurm/env.sh
 source "$PROJECT_DIR/slurm/env.sh"
+set -u
 
 # c10d rendezvous hosted by the first node; the port is derived from the job id so that two jobs
 # sharing a node do not collide, and the rendezvous id is the job id (the same after a requeue).
