@@ -46,6 +46,7 @@ DEFAULT_BATCH = {
     "cpu": {"tiny": 8, "tinystories": 4, "gpt2-small": 1},
     "cuda": {"tiny": 64, "tinystories": 64, "gpt2-small": 16},
 }
+PEAK_SAMPLES: list[float] = []  # matmul peaks sampled between timed rounds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -106,6 +107,8 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
     for _ in range(args.rounds):
         for runner in runners:
             runner.timed_round(x, y, args.steps)
+        # a short peak measurement between rounds: the best one is kept (see main)
+        PEAK_SAMPLES.append(measured_matmul_peak(device, dtype, min_seconds=0.2))
     rows = []
     for runner in runners:
         sec = min(runner.round_times)
@@ -172,10 +175,10 @@ def main() -> None:
           + (f" | datasheet peak ({sheet[0]}): {sheet[1] / 1e12:.0f} TFLOP/s" if sheet else ""))  # fmt: skip
 
     runs = [bench_config(name, args, device, dtype, sheet) for name in names]
-    # Measure the peak again afterwards and keep the best: on a shared machine a single measurement
-    # can land in a busy moment, which would inflate every MFU.
-    peak = max(peak, measured_matmul_peak(device, dtype))
-    print(f"matmul peak used for MFU (best of before/after): {peak / 1e12:.3f} TFLOP/s")
+    # On a shared machine one peak measurement can land in a busy moment and inflate every MFU, so
+    # the peak is also sampled between rounds and the best sample is used.
+    peak = max([peak, *PEAK_SAMPLES])
+    print(f"matmul peak used for MFU (best of {1 + len(PEAK_SAMPLES)} samples): {peak / 1e12:.3f} TFLOP/s")
     rows = [dict(row, mfu=row["tflops"] * 1e12 / peak) for run in runs for row in run]
     print()
     print("| config | model | params (M) | batch x ctx | ms/step | tokens/s | TFLOP/s | MFU (measured peak) |"

@@ -65,11 +65,11 @@ if [ "$HAS_GPU" != "1" ]; then
         --rounds 1 --warmup 1
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-    run_step cuda-tests 180 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
+    run_step cuda-tests 150 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
         "${MODEL_TESTS[@]}"
-    run_step bench-bf16-eager 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+    run_step bench-bf16-eager 100 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
         --dtype bf16 --steps 10 --rounds 2 --warmup 2
-    run_step bench-bf16-compile 270 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+    run_step bench-bf16-compile 240 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
         --dtype bf16 --compile --steps 10 --rounds 2 --warmup 3
 fi
 
