@@ -42,10 +42,10 @@ class ModelSection:
     # Field names are exactly dist_llm.model.ModelConfig's, so the section converts directly.
     vocab_size: int = 2048
     context_length: int = 128
-    d_model: int = 192
-    num_layers: int = 3
-    num_heads: int = 6
-    d_ff: int = 512
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    d_ff: int = 384
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"
@@ -69,9 +69,9 @@ class DataSection:
 @dataclass
 class OptimSection:
     impl: str = "torch"  # "torch" (fused on CUDA, foreach otherwise) or "dist_llm" (the project's AdamW)
-    max_lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 30
+    max_lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 10
     decay_steps: int = 0  # cosine decay ends here; 0 = at the end of the run (set it to extend a run later)
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -83,8 +83,8 @@ class OptimSection:
 @dataclass
 class TrainSection:
     global_batch_tokens: int = 4096  # tokens per optimizer step, over all ranks and micro-steps
-    micro_batch_size: int = 16  # sequences per rank per forward/backward
-    max_steps: int = 600  # run length: give max_steps, max_tokens or num_epochs;
+    micro_batch_size: int = 32  # sequences per rank per forward/backward
+    max_steps: int = 120  # run length: give max_steps, max_tokens or num_epochs;
     max_tokens: int = 0  # if several are given the run stops at the first one reached
     num_epochs: float = 0.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
@@ -94,9 +94,9 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    interval: int = 100  # evaluate every N steps (0 = only at the end) and at the end of each epoch
+    interval: int = 20  # evaluate every N steps (0 = only at the end) and at the end of each epoch
     num_windows: int = 64  # fixed validation windows, spread evenly over the validation split
-    batch_size: int = 16
+    batch_size: int = 32
     sample_prompt: str = "The "
     sample_tokens: int = 64
     temperature: float = 0.8

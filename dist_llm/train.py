@@ -51,7 +51,7 @@ class TrainingError(RuntimeError):
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run the configured training; returns a summary (final step, last validation metrics)."""
     launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
-    with launch as ctx, StopRequest() as stop:
+    with launch as ctx, contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
@@ -142,6 +142,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
         if step == 0:
             evaluate_and_log(0)
+        # Handlers only from here on: worker processes forked earlier (tokenizer, data preparation) must
+        # keep the default SIGTERM, or terminating their pool would hang.
+        stop = cleanup.enter_context(StopRequest())
         stop_reason = None
         while step < plan.total_steps:
             # -- one optimizer step: accum_steps micro-batches, gradients all-reduced on the last only
