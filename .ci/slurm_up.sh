@@ -121,6 +121,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 MailProg=/bin/true
 SchedulerType=sched/backfill
+# Look at pending jobs every 2 s (defaults: 60 s, backfill 30 s), so a requeued test job that becomes
+# eligible starts at once.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
