@@ -182,3 +182,23 @@ def test_optimizer_state_split_join_is_lossless():
     for index, per_param in state["state"].items():
         for name, value in per_param.items():
             assert torch.equal(joined["state"][index][name], value)
+
+
+def test_rng_state_round_trips_through_json():
+    import random
+
+    import numpy as np
+
+    from dist_llm.rng import capture_rng_state, restore_rng_state
+
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)
+    state = json.loads(json.dumps(capture_rng_state()))  # really plain JSON
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(99)
+    random.seed(99)
+    np.random.seed(99)
+    restore_rng_state(state)
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]

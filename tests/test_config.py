@@ -103,3 +103,20 @@ def test_tinystories_recipe():
     m = load_config(CONFIGS / "tinystories-17m.toml").model
     assert (m.vocab_size, m.context_length, m.d_model, m.num_layers, m.num_heads, m.d_ff, m.rope_theta) == (
         10000, 256, 512, 4, 16, 1344, 10000.0)
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [
+    ("tinystories-17m", 17e6, 18e6),  # non-embedding parameters, the recipe's "17M"
+    ("gpt2-small", 115e6, 135e6),  # all parameters
+    ("gpt2-medium", 330e6, 370e6),
+])
+def test_shipped_model_sizes(name, low, high):
+    import torch
+
+    from dist_llm.model import ModelConfig, TransformerLM
+
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model)))
+    count = model.num_params(include_embeddings=name != "tinystories-17m")
+    assert low <= count <= high
