@@ -123,8 +123,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
         hooks = make_hooks(cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, run_dir, config_dict) \
             if main else []
-        log = MetricsLog(run_dir, hooks) if main else None
-        bar = progress_bar(main and cfg.log.progress_bar, plan.total_steps, step)
+        log = cleanup.enter_context(contextlib.closing(MetricsLog(run_dir, hooks))) if main else None
+        bar = cleanup.enter_context(progress_bar(main and cfg.log.progress_bar, plan.total_steps, step))
         last_eval: dict[str, float] = {}
         window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
         run_start = time.perf_counter() - counters["time_s"]
@@ -221,22 +221,22 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                 path = save_training_state(cfg, step, model, optimizer, scaler, loader, counters,
                                            tokenizer.fingerprint)
                 say(f"\ncheckpoint: {path}")
-            if stop_reason:
+            if stop_reason and step < plan.total_steps:
                 say(f"stopping after step {step}: received {stop_reason}; resume with --resume auto")
                 break
         bar.close()
 
         # ---- outputs: final model, sample, loss curve (rank 0)
-        if main and stop_reason is None:
+        finished = step >= plan.total_steps
+        if main and finished:
             outputs.write_final_model(run_dir, model, config_dict, tokenizer)
             say(f"final model: {run_dir / 'model.safetensors'}")
             if cfg.eval.sample_tokens:
                 say("sample:\n" + outputs.sample_text(model, tokenizer, cfg.eval, cfg.run.seed))
-        if log:
-            log.close()
+        if main:
             say(outputs.write_loss_plot(run_dir))
         distributed.barrier()
-        return {"step": step, "stopped_by": stop_reason, **last_eval}
+        return {"step": step, "finished": finished, "stopped_by": stop_reason, **last_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

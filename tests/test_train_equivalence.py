@@ -53,3 +53,25 @@ def test_global_batch_not_divisible_by_ranks_names_the_values(tiny_data, tmp_pat
         make_plan(cfg, world_size=4, train_windows=10_000)
     plan = make_plan(cfg, world_size=2, train_windows=10_000)
     assert (plan.accum_steps, plan.global_batch_seqs) == (3, 24)
+
+
+def test_projects_adamw_trains_like_torchs(tiny_data, tmp_path, one_big_batch):
+    run_dir = tmp_path / "own_adamw"
+    args = tiny_train_args(tiny_data, run_dir, "--train.micro_batch_size=8", "--optim.impl=dist_llm")
+    assert main(args) == 0
+    _assert_same_training(one_big_batch, run_dir)
+
+
+def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(tiny_data, tmp_path, one_big_batch):
+    run_dir = tmp_path / "bf16"
+    args = tiny_train_args(tiny_data, run_dir, "--train.micro_batch_size=8", "--train.precision=bf16")
+    assert main(args) == 0
+    weights = final_weights(run_dir)
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    from safetensors.torch import load_file
+
+    optimizer_state = load_file(run_dir / "checkpoints" / "step_00000008" / "optimizer.safetensors")
+    assert all(t.dtype == torch.float32 for t in optimizer_state.values())
+    bf16_losses, fp32_losses = train_losses(run_dir), train_losses(one_big_batch)
+    assert bf16_losses != fp32_losses  # autocast really ran the matmuls in bf16...
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.02)  # ...and trained the same way
