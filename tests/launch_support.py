@@ -189,10 +189,10 @@ def assert_finished(run_dir: Path, max_steps: int, world_size: int, output: str)
 
 
 def require(available: bool, reason: str, how_to_enable: str) -> None:
-    """Skip a test whose tool is missing on a developer's machine, but fail it in CI (CI=true), where
+    """Skip a test whose tool is missing on a developer's machine, but fail it in CI (CI=true or 1), where
     a skipped launch test would hide a broken setup."""
     if available:
         return
-    if os.environ.get("CI", "").lower() == "true":
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(f"{reason} (CI=true: these tests must run)")
     pytest.skip(f"{reason}; to run these tests: {how_to_enable}")
