@@ -16,7 +16,7 @@ import datetime
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,3 +241,23 @@ def broadcast_json(obj: Any) -> Any:
         buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     dist.broadcast(buf, src=0)
     return json.loads(bytes(buf.cpu().numpy()).decode())
+
+
+def on_main_rank(fn: Callable[[], Any]) -> Any:
+    """Run fn() on rank 0 only and return its JSON-able result on every rank.
+
+    If fn raises, rank 0 re-raises it and the other ranks raise a DistributedError quoting it, so no rank
+    is left waiting in a collective for one that has already failed.
+    """
+    outcome, failure = None, None
+    if is_main():
+        try:
+            outcome = {"result": fn()}
+        except Exception as e:
+            failure, outcome = e, {"error": f"{type(e).__name__}: {e}"}
+    outcome = broadcast_json(outcome)
+    if failure is not None:
+        raise failure
+    if "error" in outcome:
+        raise DistributedError(f"rank 0 failed: {outcome['error']}")
+    return outcome["result"]

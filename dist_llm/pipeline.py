@@ -101,29 +101,19 @@ def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -
 
 
 def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
-    """(tokenizer, token-file directory), built by rank 0 while the other ranks wait.
-
-    Rank 0 broadcasts the paths (or its error) when done, so a failure there stops every rank with the
-    message instead of leaving them blocked at a barrier until the timeout.
-    """
+    """(tokenizer, token-file directory), built by rank 0 while the other ranks wait for its paths (or
+    its error: a failure there stops every rank with the message, not at a barrier's timeout)."""
     if SEPARATOR not in cfg.tokenizer.special_tokens:
         raise ConfigError(f"'tokenizer.special_tokens' must include the document separator {SEPARATOR!r}, "
                           f"got {cfg.tokenizer.special_tokens}")
-    result: dict[str, str] = {}
-    failure: Exception | None = None
-    if distributed.is_main():
-        try:
-            files = corpus_files(cfg)
-            tokenizer_path = build_tokenizer(cfg, files)
-            data_dir = build_token_files(cfg, files, Tokenizer.load(tokenizer_path))
-            result = {"tokenizer": str(tokenizer_path), "data": str(data_dir)}
-        except Exception as e:
-            failure, result = e, {"error": f"{type(e).__name__}: {e}"}
-    result = distributed.broadcast_json(result)
-    if failure is not None:
-        raise failure
-    if "error" in result:
-        raise RuntimeError(f"rank 0 failed to prepare the data: {result['error']}")
+
+    def build() -> dict[str, str]:
+        files = corpus_files(cfg)
+        tokenizer_path = build_tokenizer(cfg, files)
+        data_dir = build_token_files(cfg, files, Tokenizer.load(tokenizer_path))
+        return {"tokenizer": str(tokenizer_path), "data": str(data_dir)}
+
+    result = distributed.on_main_rank(build)
     tokenizer = Tokenizer.load(result["tokenizer"])
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"'model.vocab_size' ({cfg.model.vocab_size}) is smaller than the tokenizer's "

@@ -59,6 +59,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         config_dict = cfg.to_dict()
         say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}; resolved config:\n"
             + json.dumps(config_dict, indent=2))
+        # Which checkpoint to resume from, decided by rank 0 before any work (it may fall back past
+        # broken ones, and rejects one whose model differs from this config).
+        chosen = distributed.on_main_rank(lambda: choose_checkpoint(cfg, say))
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import MemmapTokens, ShardedBatchLoader
@@ -89,10 +92,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         say(f"model: {model.num_params():,} parameters ({non_embedding:,} without embeddings), "
             f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token")
 
-        # ---- resume (rank 0 picks the checkpoint, falling back past broken ones; all ranks load it)
+        # ---- resume: every rank loads the chosen checkpoint
         step, counters = 0, {"tokens": 0, "time_s": 0.0, "nonfinite_skipped": 0}
-        chosen = choose_checkpoint(run_dir, cfg.run.resume, say) if main else None
-        chosen = distributed.broadcast_json(str(chosen) if chosen else None)
         if chosen:
             state = restore_training_state(read_checkpoint(chosen, optimizer), cfg, model, optimizer, scaler,
                                            loader, tokenizer.fingerprint, ctx.rank)

@@ -75,9 +75,19 @@ def _helpers_on_ranks(rank: int) -> dict:
         broadcast = distributed.broadcast_json({"from": rank})
         anyone = distributed.any_rank(rank == 1)
         nobody = distributed.any_rank(False)
+        built = distributed.on_main_rank(lambda: {"built_by": rank})
+
+        def fail_on_main():
+            raise ValueError("disk full")
+
+        try:
+            distributed.on_main_rank(fail_on_main)
+            failure = None
+        except (ValueError, DistributedError) as e:
+            failure = f"{type(e).__name__}: {e}"
         distributed.barrier()
-        result = {"mean": mean, "sums": sums, "gathered": gathered, "broadcast": broadcast,
-                  "any": anyone, "none": nobody, "main": distributed.is_main()}
+        result = {"built": built, "failure": failure, "mean": mean, "sums": sums, "gathered": gathered,
+                  "broadcast": broadcast, "any": anyone, "none": nobody, "main": distributed.is_main()}
     result["torn_down"] = not torch.distributed.is_initialized()
     return result
 
@@ -90,6 +100,9 @@ def test_rank_helpers_on_two_gloo_ranks(ranks):
         assert r["broadcast"] == {"from": 0}
         assert r["any"] is True and r["none"] is False
         assert r["torn_down"]
+        assert r["built"] == {"built_by": 0}  # run once, on rank 0, result everywhere
+    assert r0["failure"] == "ValueError: disk full"  # the original error where it happened...
+    assert r1["failure"] == "DistributedError: rank 0 failed: ValueError: disk full"  # ...named on the others
     assert r0["gathered"] == [{"rank": 0, "text": "é"}, {"rank": 1, "text": "éé"}]
     assert r1["gathered"] is None
     assert (r0["main"], r1["main"]) == (True, False)

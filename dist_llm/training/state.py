@@ -9,6 +9,7 @@ fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from dist_llm import distributed
 from dist_llm.checkpoint import (
+    CONFIG,
     CheckpointError,
     LoadedCheckpoint,
     check_model_config,
@@ -37,25 +39,32 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def choose_checkpoint(run_dir: str | Path, resume: str, say: Callable[[str], None]) -> Path | None:
-    """The checkpoint to resume from (rank 0 decides). "auto" skips broken ones, saying so."""
+def choose_checkpoint(cfg: RunConfig, say: Callable[[str], None]) -> str | None:
+    """The checkpoint to resume from: "auto" takes the newest sound one, skipping broken ones and saying
+    so; an explicit path must be sound. Its model config must be this run's (checked before any work)."""
+    resume, root = cfg.run.resume, checkpoint_root(cfg.run.dir)
     if not resume:
         return None
-    if resume != "auto":
-        verify_checkpoint(resume)  # an explicitly named checkpoint must be sound: no silent fallback
-        return Path(resume)
-    candidates = list_complete(checkpoint_root(run_dir))[::-1]
+    candidates = list_complete(root)[::-1] if resume == "auto" else [Path(resume)]
+    chosen = None
     for path in candidates:
         try:
             verify_checkpoint(path)
-            return path
+            chosen = path
+            break
         except CheckpointError as e:
+            if resume != "auto":
+                raise  # an explicitly named checkpoint: no silent fallback
             say(f"resume: {e}; falling back to the previous complete checkpoint")
-    if candidates:
-        raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in "
-                              f"{checkpoint_root(run_dir)} is usable (see above)")
-    say(f"resume: no checkpoint in {checkpoint_root(run_dir)}; starting from scratch")
-    return None
+    if chosen is None:
+        if candidates:
+            raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in {root} "
+                                  "is usable")
+        say(f"resume: no checkpoint in {root}; starting from scratch")
+        return None
+    saved = json.loads((chosen / CONFIG).read_text(encoding="utf-8"))
+    check_model_config(saved.get("model", {}), dataclasses.asdict(cfg.model), chosen)
+    return str(chosen)
 
 
 def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
