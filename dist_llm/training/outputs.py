@@ -62,7 +62,9 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, 
     prompt = tokenizer.encode(cfg.sample_prompt) or ([eos] if eos is not None else [0])
     new = generate(bare, prompt, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
                    eos_id=eos, seed=seed)
-    return cfg.sample_prompt + tokenizer.decode(new)
+    # The embedding table may be larger than the tokenizer's vocabulary (model.vocab_size is an upper
+    # bound); an undertrained model can still sample those unused ids, which decode to nothing.
+    return cfg.sample_prompt + tokenizer.decode([i for i in new if i in tokenizer.vocab])
 
 
 def write_loss_plot(run_dir: Path) -> str:
