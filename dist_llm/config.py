@@ -331,9 +331,18 @@ Without --config, configs/tiny.toml (the CPU demo) is used. Keys and their defau
 """
 
 
+def _cli_text(value: Any) -> str:
+    """A default as it would be typed on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]" if value else "[]"
+    return str(value) if value != "" else "''"
+
+
 def usage() -> str:
     defaults = RunConfig().to_dict()
-    lines = [f"  --{key}={defaults[key.split('.')[0]][key.split('.')[1]]!r}" for key in all_keys()]
+    lines = [f"  --{key}={_cli_text(defaults[key.split('.')[0]][key.split('.')[1]])}" for key in all_keys()]
     return USAGE + "\n".join(lines)
 
 

@@ -99,6 +99,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                                            loader, tokenizer.fingerprint, ctx.rank)
             step = state["step"]
             counters = {k: state.get(k, v) for k, v in counters.items()}
+            saved_decay = state.get("lr_schedule", {}).get("decay_steps", plan.decay_steps)
+            if saved_decay != plan.decay_steps:
+                say(f"resume: the LR schedule now decays over {plan.decay_steps} steps (was {saved_decay})")
             say(f"resume: continuing from {chosen} at step {step} ({counters['tokens']:,} tokens seen)")
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,8 +222,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             periodic = cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0
             if periodic or stop_reason or step == plan.total_steps:
                 counters["time_s"] = time.perf_counter() - run_start
+                schedule = {"step": step, "last_lr": lr, "warmup_steps": cfg.optim.warmup_steps,
+                            "decay_steps": plan.decay_steps}
                 path = save_training_state(cfg, step, model, optimizer, scaler, loader, counters,
-                                           tokenizer.fingerprint)
+                                           tokenizer.fingerprint, schedule)
                 say(f"\ncheckpoint: {path}")
             if stop_reason and step < plan.total_steps:
                 say(f"stopping after step {step}: received {stop_reason}; resume with --resume auto")

@@ -78,3 +78,14 @@ def test_missing_input_file_is_named(tiny_data, tmp_path):
     proc = _run(args, cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert f"'data.inputs': {tmp_path / 'nope.txt'} does not exist" in proc.stderr
+
+
+def test_help_lists_every_key_with_a_typeable_default(capsys):
+    from dist_llm.config import all_keys, parse_args
+    from dist_llm.train import main
+
+    assert main(["--help"]) == 0
+    lines = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert len(lines) == len(all_keys())
+    shown = [line.replace("=''", "=") for line in lines]  # what the shell passes for ''
+    assert parse_args(shown) == parse_args([])  # the listed defaults parse back to the defaults

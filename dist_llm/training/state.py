@@ -69,8 +69,12 @@ def choose_checkpoint(cfg: RunConfig, say: Callable[[str], None]) -> str | None:
 
 def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, loader: Any, counters: dict[str, Any],
-                        tokenizer_fingerprint: str) -> Path | None:
-    """Collective: every rank contributes its RNG state; rank 0 writes. Returns the path on rank 0."""
+                        tokenizer_fingerprint: str, lr_schedule: dict[str, Any]) -> Path | None:
+    """Collective: every rank contributes its RNG state; rank 0 writes. Returns the path on rank 0.
+
+    counters: tokens seen, elapsed time... (restored as they are); lr_schedule: where the schedule stands
+    (the next step's LR follows from the step and the config; saved so a changed schedule can be told).
+    """
     rng_states = distributed.gather_json(capture_rng_state())
     path = None
     if distributed.is_main():
@@ -79,6 +83,8 @@ def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optim
             "step": step,
             **counters,
             "loader": loader.state_dict(),
+            "epoch": loader.epoch,
+            "lr_schedule": lr_schedule,
             "grad_scaler": scaler.state_dict(),
             "rng": rng_states,
             "world_size": len(rng_states),
