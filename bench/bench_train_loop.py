@@ -3,8 +3,8 @@
     python bench/bench_train_loop.py [--steps N] [--repeats R] [--config FILE] [--section.key=value ...]
 
 Baseline ("bare step"): the model, optimizer, precision, micro-batch and accumulation of the config,
-stepping on one fixed batch already on the device: forward, backward, clipping, optimizer step, and
-nothing else (no data loading, no logging, no evaluation, no checkpoints, no host syncs).
+stepping on one fixed batch (real windows of the run's data) already on the device: forward, backward,
+clipping, optimizer step, and nothing else (no data loading, logging, evaluation, checkpoints, host syncs).
 Measured ("full loop"): `dist_llm.train.train()` with the same config, timed from its own metrics.jsonl
 between the first and last logged steps, so it includes data loading, logging, the progress bar and
 periodic checkpoints (set by --checkpoint.interval; default here: every 20 steps), but not setup, the
@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,7 +39,20 @@ from dist_llm.training.optimizer import build_optimizer
 from dist_llm.training.plan import make_plan
 
 
-def bare_step_tokens_per_s(cfg: RunConfig, steps: int, warmup: int = 3) -> float:
+def real_batch(cfg: RunConfig, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first windows of the run's own token files (prepared, or reused from the cache), so both
+    measurements see the same token statistics."""
+    from dist_llm.data import MemmapTokens
+    from dist_llm.pipeline import prepare_data
+
+    tokenizer, data_dir = prepare_data(cfg)
+    windows = MemmapTokens(data_dir, "train", cfg.model.context_length, tokenizer.fingerprint)
+    x = torch.from_numpy(windows.windows(np.arange(batch_size))).to(device)
+    return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+
+def bare_step_tokens_per_s(cfg: RunConfig, steps: int) -> float:
+    warmup = cfg.log.interval  # the full loop's first logged window (its warm-up) is not timed either
     device = select_device(cfg.dist.device)
     torch.manual_seed(cfg.run.seed)
     model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model))).to(device)
@@ -47,9 +61,7 @@ def bare_step_tokens_per_s(cfg: RunConfig, steps: int, warmup: int = 3) -> float
     scaler = precision.grad_scaler(cfg.train.precision, device)
     autocast = precision.autocast(cfg.train.precision, device)
     plan = make_plan(cfg, 1, train_windows=10**9)
-    shape = (plan.micro_batch_size, cfg.model.context_length + 1)
-    x = torch.randint(0, cfg.model.vocab_size, shape, device=device)
-    inputs, targets = x[:, :-1], x[:, 1:]
+    inputs, targets = real_batch(cfg, plan.micro_batch_size, device)
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
 
     def step() -> None:
