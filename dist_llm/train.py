@@ -171,7 +171,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             scaler.unscale_(optimizer)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-            loss_value, norm_value = step_loss.item(), grad_norm.item()
+            # One device->host read per step (both scalars at once): needed to stop on a non-finite loss.
+            loss_value, norm_value = torch.stack([step_loss.float(), grad_norm.float()]).tolist()
             # With fp16 an infinite gradient norm is routine: the scaler skips that step and lowers its scale.
             norm_ok = math.isfinite(norm_value) or cfg.train.precision == "fp16"
             finite = math.isfinite(loss_value) and norm_ok
