@@ -35,6 +35,7 @@ class RunSection:
     seed: int = 1337
     resume: str = ""  # "" (start fresh), "auto" (newest complete checkpoint in dir) or a checkpoint path
     cache_dir: str = "data_cache"  # tokenizers and token files, reused across runs
+    init_from: str = ""  # continue pretraining from these weights (run dir, checkpoint dir, import-hf output)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from dist_llm.metrics import (
 from dist_llm.rng import seed_everything
 from dist_llm.training import outputs, precision
 from dist_llm.training.evaluation import ValidationWindows
+from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
 from dist_llm.training.plan import make_plan
 from dist_llm.training.signals import StopRequest
@@ -56,12 +57,25 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         run_dir = Path(cfg.run.dir)
+        # Continued pretraining: the source is checked before any work, and its tokenizer becomes the
+        # run's (also on a resume, which must find the tokenizer the checkpoint was trained with).
+        init_source = None
+        if cfg.run.init_from:
+            init_source = distributed.on_main_rank(lambda: resolve_init_source(cfg))
+        explicit_tokenizer = cfg.tokenizer.path
+        if init_source and not explicit_tokenizer:
+            cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer,
+                                                                         path=init_source["tokenizer_dir"]))
         config_dict = cfg.to_dict()
         say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}; resolved config:\n"
             + json.dumps(config_dict, indent=2))
         # Which checkpoint to resume from, decided by rank 0 before any work (it may fall back past
         # broken ones, and rejects one whose model differs from this config).
         chosen = distributed.on_main_rank(lambda: choose_checkpoint(cfg, say))
+        if init_source and chosen:
+            say(f"init: resuming from the checkpoint {chosen}, which wins over run.init_from "
+                f"({cfg.run.init_from}): its weights already started from there")
+            init_source = None
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import MemmapTokens, ShardedBatchLoader
@@ -69,6 +83,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         from dist_llm.pipeline import prepare_data
 
         tokenizer, data_dir = prepare_data(cfg)
+        if init_source and explicit_tokenizer:
+            check_same_tokenizer(init_source, tokenizer.fingerprint, explicit_tokenizer)
         ctx_len = cfg.model.context_length
         train_data = MemmapTokens(data_dir, "train", ctx_len, tokenizer.fingerprint)
         val_data = MemmapTokens(data_dir, "val", ctx_len, tokenizer.fingerprint)
@@ -81,6 +97,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         # ---- model and optimizer: same init on every rank (DDP also broadcasts rank 0's weights)
         seed_everything(cfg.run.seed)
         model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model))).to(device)
+        if init_source:  # weights only: optimizer, LR schedule and data position start fresh
+            load_initial_weights(model, init_source)
+            say(f"init: weights from {init_source['model_dir']}" + (f" ({init_source['note']})"
+                                                                     if init_source["note"] else ""))
         seed_everything(cfg.run.seed + ctx.rank)  # per-rank randomness from here on
         optimizer = build_optimizer(model, cfg.optim, device)
         scaler = precision.grad_scaler(cfg.train.precision, device)
