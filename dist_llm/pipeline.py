@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from dist_llm import distributed
@@ -100,6 +101,18 @@ def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -
     return out_dir
 
 
+# Test hook: seconds to pause between the tokenizer and the token files, so a test can signal the trainer
+# while it prepares data (the corpus preparation's worker pool starts after the pause).
+PAUSE_ENV = "DIST_LLM_PAUSE_IN_PREPARE_S"
+
+
+def _pause_if_requested() -> None:
+    seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    if seconds > 0:
+        print(f"data: pausing {seconds:g} s ({PAUSE_ENV})", flush=True)
+        time.sleep(seconds)
+
+
 def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
     """(tokenizer, token-file directory), built by rank 0 while the other ranks wait for its paths (or
     its error: a failure there stops every rank with the message, not at a barrier's timeout)."""
@@ -110,6 +123,7 @@ def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
     def build() -> dict[str, str]:
         files = corpus_files(cfg)
         tokenizer_path = build_tokenizer(cfg, files)
+        _pause_if_requested()
         data_dir = build_token_files(cfg, files, Tokenizer.load(tokenizer_path))
         return {"tokenizer": str(tokenizer_path), "data": str(data_dir)}
 

@@ -49,10 +49,16 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why and what was kept."""
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run the configured training; returns a summary (final step, last validation metrics)."""
+def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Run the configured training; returns a summary (final step, last validation metrics).
+
+    `stop`: the stop-signal handlers, installed by the caller as early as it can (main() does so first
+    thing); without one, train() installs them itself.
+    """
     launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
     with launch as ctx, contextlib.ExitStack() as cleanup:
+        if stop is None:
+            stop = cleanup.enter_context(StopRequest())
         device, main = ctx.device, ctx.is_main
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
@@ -166,9 +172,6 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
         if step == 0:
             evaluate_and_log(0)
-        # Handlers only from here on: worker processes forked earlier (tokenizer, data preparation) must
-        # keep the default SIGTERM, or terminating their pool would hang.
-        stop = cleanup.enter_context(StopRequest())
         stop_reason = None
         while step < plan.total_steps:
             # -- one optimizer step: accum_steps micro-batches, gradients all-reduced on the last only
@@ -271,12 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
+    # First thing: a stop signal that arrives while the data is prepared or the process group forms is
+    # kept and honoured at the first step boundary, instead of killing the process.
+    with StopRequest() as stop:
+        return _main(argv, stop)
+
+
+def _main(argv: list[str], stop: StopRequest) -> int:
     from dist_llm.data import DataError
     from dist_llm.tokenizer import TokenizerError
 
     try:
         cfg = parse_args(argv)
-        train(cfg)
+        train(cfg, stop)
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -4,15 +4,37 @@ SLURM sends SIGUSR1 (`--signal=USR1@120`) or SIGTERM before a job's time runs ou
 built on top only needs this process to leave a fresh checkpoint and exit cleanly. A handler only sets
 a flag (doing real work inside a signal handler is unsafe); ranks agree on it with one all-reduce, so
 every rank stops after the same step.
+
+The handlers are installed at the very start of the trainer's main(), so a signal that arrives during
+imports, process-group setup, data preparation or the first evaluation is remembered and honoured at
+the first step boundary (before, it killed the process, or was lost where the launcher ignores it).
+Worker processes forked meanwhile (the tokenizer's and the corpus preparation's pools) get the previous
+dispositions back through a fork hook: a pool stops its workers with SIGTERM, and a worker that only
+set a flag would never exit. Spawned workers start a fresh interpreter and have the defaults anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from types import FrameType, TracebackType
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+_installed: list[StopRequest] = []  # the requests whose handlers are live in this process
+
+
+def _restore_in_forked_child() -> None:
+    for request in _installed:
+        # ValueError: not the child's main thread, where nothing can be set (and nothing was inherited)
+        with contextlib.suppress(ValueError):
+            request._restore_previous()
+    _installed.clear()
+
+
+os.register_at_fork(after_in_child=_restore_in_forked_child)
 
 
 class StopRequest:
@@ -30,9 +52,16 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _installed.append(self)
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def _restore_previous(self) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            if previous is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(sig, previous)
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._restore_previous()
         self._previous.clear()
+        if self in _installed:
+            _installed.remove(self)
