@@ -123,13 +123,17 @@ def test_parallel_output_is_byte_identical_and_memory_is_bounded(tmp_path, tok, 
     for split in ("train", "val"):
         assert (tmp_path / "serial" / f"{split}.bin").read_bytes() == \
                (tmp_path / "parallel" / f"{split}.bin").read_bytes()
-    serial.pop("build")
+    serial_build = serial.pop("build")
     parallel_build = parallel.pop("build")
     assert serial == parallel
     build = parallel_build
     assert build["chunks"] > 10 and size > 10 * chunk
     # at most 2 * workers chunks in flight, each no larger than twice the chunk size (no doc lacks cuts)
     assert build["max_in_flight"] <= 4 and build["max_chunk_bytes"] <= 2 * chunk
+    # CPU time per worker process (the serial run tokenizes in the main process: one entry)
+    assert len(serial_build["worker_cpu_seconds"]) == 1
+    assert 1 <= len(build["worker_cpu_seconds"]) <= 2
+    assert all(c >= 0 for c in build["worker_cpu_seconds"]) and build["main_cpu_seconds"] >= 0
 
 
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path, tok):

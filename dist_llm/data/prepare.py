@@ -63,6 +63,8 @@ class ChunkTokens:
     train_docs: int
     val_docs: int
     num_bytes: int
+    worker: int  # process id of the worker that tokenized the chunk
+    cpu_seconds: float  # its CPU time for this chunk: with wall time, shows whether workers got a core
 
 
 # Per-process state set by _init_worker (the tokenizer is built once per worker, not per chunk).
@@ -77,6 +79,7 @@ def _init_worker(tokenizer: Any, separator: str, val_fraction: float, replace_in
 
 
 def _encode_chunk(chunk: Any) -> ChunkTokens:
+    cpu_start = time.process_time()
     encode, sep_id = _worker["tokenizer"].encode, _worker["sep_id"]
     name = os.path.basename(chunk.path)
     ids: dict[str, list[int]] = {"train": [], "val": []}
@@ -89,7 +92,8 @@ def _encode_chunk(chunk: Any) -> ChunkTokens:
             docs[split] += 1
     dtype = _worker["dtype"]
     return ChunkTokens(np.array(ids["train"], dtype=dtype), np.array(ids["val"], dtype=dtype),
-                       docs["train"], docs["val"], len(chunk.data))
+                       docs["train"], docs["val"], len(chunk.data), os.getpid(),
+                       time.process_time() - cpu_start)
 
 
 def _start_method() -> str:
@@ -239,6 +243,8 @@ def prepare_corpus(
     tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
     init_args = (tokenizer, separator, val_fraction, replace_invalid_utf8, dtype.name)
     stats = {"chunks": 0, "max_chunk_bytes": 0, "max_in_flight": 0}
+    worker_cpu: dict[int, float] = collections.defaultdict(float)
+    cpu_started = time.process_time()
     totals = {"train_tokens": 0, "val_tokens": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
     started = time.perf_counter()
     try:
@@ -254,6 +260,7 @@ def prepare_corpus(
                 totals["train_docs"] += result.train_docs
                 totals["val_docs"] += result.val_docs
                 totals["bytes"] += result.num_bytes
+                worker_cpu[result.worker] += result.cpu_seconds
                 _on_chunk_written(totals)
                 bar.update(result.num_bytes)
         if totals["train_docs"] + totals["val_docs"] == 0:
@@ -264,6 +271,13 @@ def prepare_corpus(
         for path in tmp.values():
             path.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
+    # Tokenizing CPU time per worker, and the main process's own CPU time besides tokenizing (chunking,
+    # hashing, writing, the pool's transfers): a wall time well above max(worker) + main means the
+    # workers were short of cores (other load on the machine), not short of speed.
+    timing = {"seconds": round(seconds, 3),
+              "worker_cpu_seconds": sorted(round(c, 3) for c in worker_cpu.values()),
+              "main_cpu_seconds": round(time.process_time() - cpu_started
+                                        - (worker_cpu.get(os.getpid(), 0.0)), 3)}
 
     num_tokens = totals["train_tokens"] + totals["val_tokens"]
     meta = {
@@ -281,7 +295,7 @@ def prepare_corpus(
         "bytes_per_token": totals["bytes"] / max(num_tokens, 1),
         "options": options,
         "inputs": described,
-        "build": {**stats, "chunk_size": chunk_size, "workers": workers, "seconds": round(seconds, 3)},
+        "build": {**stats, "chunk_size": chunk_size, "workers": workers, **timing},
     }
     write_meta(out_dir, meta)
     _print_summary(meta, out_dir, seconds)
