@@ -41,9 +41,10 @@ def test_embedding_is_row_lookup():
     assert emb.weight.abs().max() <= 3.0
 
 
-def test_rmsnorm_matches_formula_and_upcasts():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_rmsnorm_matches_formula_and_upcasts(fused):
     torch.manual_seed(0)
-    norm = RMSNorm(16, eps=1e-5)
+    norm = RMSNorm(16, eps=1e-5, fused=fused)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(16))
     x = torch.randn(3, 16) * 100
@@ -64,9 +65,10 @@ def test_softmax_and_silu_are_stable_for_huge_inputs():
     torch.testing.assert_close(silu(y), torch.nn.functional.silu(y))
 
 
-def test_swiglu_formula():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_swiglu_formula(fused):
     torch.manual_seed(0)
-    ffn = SwiGLU(8, 24)
+    ffn = SwiGLU(8, 24, fused=fused)
     assert ffn.w1.weight.shape == ffn.w3.weight.shape == (24, 8) and ffn.w2.weight.shape == (8, 24)
     x = torch.randn(2, 3, 8)
     a, b = x @ ffn.w1.weight.T, x @ ffn.w3.weight.T
@@ -86,9 +88,10 @@ def _rope_direct(x, positions, theta):
     return out
 
 
-def test_rope_rotates_interleaved_pairs_and_has_no_state():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_rope_rotates_interleaved_pairs_and_has_no_state(fused):
     torch.manual_seed(0)
-    rope = RotaryPositionalEmbedding(theta=10000.0, d_k=8, max_seq_len=32)
+    rope = RotaryPositionalEmbedding(theta=10000.0, d_k=8, max_seq_len=32, fused=fused)
     assert rope.state_dict() == {}  # cos/sin tables are non-persistent buffers
     x = torch.randn(2, 5, 8)
     positions = torch.tensor([0, 3, 7, 8, 31])
@@ -101,6 +104,43 @@ def test_rope_rotates_interleaved_pairs_and_has_no_state():
     torch.testing.assert_close(out[1], _rope_direct(x[1], positions.flip(0), 10000.0), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="max_seq_len"):
         rope(torch.randn(33, 8), torch.arange(33))
+
+
+def _outputs_and_input_grads(module, x, *extra):
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x, *extra)
+    # a fixed random cotangent, so every output element's gradient path is exercised
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype))
+    return out, x.grad
+
+
+def test_fused_layers_equal_reference_layers_outputs_and_gradients_in_float32():
+    """fused=True (training's default) against the from-scratch formulas: same values and gradients for
+    the inputs and the weights, and for RoPE on a non-contiguous head view (as attention passes it)."""
+    torch.manual_seed(0)
+    tight = dict(rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 7, 16) * 3
+    for cls, args in ((RMSNorm, (16,)), (SwiGLU, (16, 40))):
+        ref, fast = cls(*args, fused=False), cls(*args, fused=True)
+        with torch.no_grad():
+            for p_ref, p_fast in zip(ref.parameters(), fast.parameters(), strict=True):
+                p_ref.add_(torch.randn_like(p_ref) * 0.1)  # RMSNorm's weight is not all ones
+                p_fast.copy_(p_ref)
+        out_ref, gx_ref = _outputs_and_input_grads(ref, x)
+        out_fast, gx_fast = _outputs_and_input_grads(fast, x)
+        torch.testing.assert_close(out_fast, out_ref, **tight)
+        torch.testing.assert_close(gx_fast, gx_ref, **tight)
+        for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
+            torch.testing.assert_close(p_fast.grad, p_ref.grad, **tight, msg=f"{cls.__name__}.{name}")
+    rope_ref = RotaryPositionalEmbedding(10000.0, 8, 32, fused=False)
+    rope_fast = RotaryPositionalEmbedding(10000.0, 8, 32, fused=True)
+    heads = (torch.randn(2, 9, 3, 8) * 3).transpose(1, 2)  # (B, H, T, d) view, not contiguous
+    positions = torch.tensor([[0, 5, 2, 31, 7, 7, 1, 30, 3], [8, 0, 4, 2, 9, 10, 11, 29, 6]])
+    for pos in (None, positions.unsqueeze(-2)):
+        out_ref, g_ref = _outputs_and_input_grads(rope_ref, heads, pos)
+        out_fast, g_fast = _outputs_and_input_grads(rope_fast, heads, pos)
+        torch.testing.assert_close(out_fast, out_ref, **tight)
+        torch.testing.assert_close(g_fast, g_ref, **tight)
 
 
 def test_attention_function_matches_formula_with_leading_dims_and_mask():
@@ -147,6 +187,7 @@ def test_multihead_attention_heads_are_contiguous_row_blocks():
         ({"num_layers": 2.5}, "num_layers"),
         ({"attn_impl": "flash"}, "attn_impl"),
         ({"norm_eps": -1.0}, "norm_eps"),
+        ({"fused_ops": "yes"}, "fused_ops"),
     ],
 )
 def test_model_config_rejects_bad_values_naming_the_field(overrides, field):
@@ -158,6 +199,10 @@ def test_model_config_rejects_bad_values_naming_the_field(overrides, field):
 def test_model_config_dict_round_trip_and_unknown_keys():
     cfg = ModelConfig(vocab_size=10, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # config.json files written before fused_ops existed still load, with the fast path on
+    older = {k: v for k, v in cfg.to_dict().items() if k != "fused_ops"}
+    assert ModelConfig.from_dict(older).fused_ops is True
+    assert ModelConfig.from_dict({**older, "fused_ops": False}).fused_ops is False
     with pytest.raises(ValueError, match="unknown ModelConfig key.*dropout"):
         ModelConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
     with pytest.raises(ValueError, match="missing.*d_ff"):

@@ -87,10 +87,32 @@ def test_sdpa_path_equals_reference_outputs_and_gradients_in_float32():
         torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_fused_ops_path_equals_reference_outputs_and_gradients_in_float32():
+    """The whole fast path training uses (SDPA + fused RMSNorm/SiLU/RoPE) against the all-from-scratch
+    reference: same state dict keys, same logits, same gradients for every parameter."""
+    ref, fast = _model(attn_impl="reference", fused_ops=False), _model()
+    assert fast.config.fused_ops and fast.config.attn_impl == "sdpa"
+    assert ref.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), fast.parameters(), strict=True))
+    with torch.no_grad():  # non-trivial norm gains so their gradients are compared meaningfully
+        for model in (ref, fast):
+            for name, p in model.named_parameters():
+                if name.endswith(("ln1.weight", "ln2.weight", "ln_final.weight")):
+                    p.copy_(torch.linspace(0.5, 1.5, p.numel()))
+    ids = torch.randint(0, 97, (3, 24), device=DEVICE)
+    targets = torch.randint(0, 97, (3, 24), device=DEVICE)
+    out_ref, out_fast = ref(ids), fast(ids)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
+    cross_entropy(out_ref, targets).backward()
+    cross_entropy(out_fast, targets).backward()
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
-@pytest.mark.parametrize("attn_impl", ["sdpa", "reference"])
-def test_autocast_runs_and_is_close(dtype, attn_impl):
-    model = _model(attn_impl=attn_impl)
+@pytest.mark.parametrize("attn_impl, fused_ops", [("sdpa", True), ("reference", False)])
+def test_autocast_runs_and_is_close(dtype, attn_impl, fused_ops):
+    model = _model(attn_impl=attn_impl, fused_ops=fused_ops)
     ids = torch.randint(0, 97, (2, 24), device=DEVICE)
     targets = torch.randint(0, 97, (2, 24), device=DEVICE)
     full = model(ids)

@@ -88,6 +88,7 @@ class MultiHeadSelfAttention(nn.Module):
         max_seq_len: int | None = None,
         theta: float | None = None,
         attn_impl: str = "sdpa",
+        fused_rope: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -111,7 +112,9 @@ class MultiHeadSelfAttention(nn.Module):
                     f"RoPE needs an even head dimension, got d_model/num_heads = {d_model}/{num_heads} "
                     f"= {self.head_dim}"
                 )
-            self.rope = RotaryPositionalEmbedding(theta, self.head_dim, max_seq_len, device=device)
+            self.rope = RotaryPositionalEmbedding(
+                theta, self.head_dim, max_seq_len, device=device, fused=fused_rope
+            )
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # (..., T, d_model) -> (..., heads, T, head_dim); head h owns projection rows [h*hd, (h+1)*hd).

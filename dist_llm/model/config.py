@@ -24,6 +24,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"  # "sdpa" (fused torch kernel, default) or "reference" (from-scratch softmax)
+    # True: RMSNorm, SiLU and RoPE through torch's fused kernels (F.rms_norm, F.silu, complex multiply),
+    # the same math in fewer passes over memory; False: the from-scratch formulas in layers.py / rope.py.
+    fused_ops: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
@@ -44,6 +47,8 @@ class ModelConfig:
                 f"ModelConfig.d_model / num_heads = {self.head_dim} must be even: RoPE rotates pairs of "
                 f"dimensions (d_model={self.d_model}, num_heads={self.num_heads})"
             )
+        if not isinstance(self.fused_ops, bool):
+            raise ValueError(f"ModelConfig.fused_ops must be true or false, got {self.fused_ops!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(
                 f"ModelConfig.attn_impl must be one of {list(ATTN_IMPLS)}, got {self.attn_impl!r}"

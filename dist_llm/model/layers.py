@@ -1,5 +1,9 @@
 """The basic layers, each written from its formula: Linear, Embedding, RMSNorm, SwiGLU, silu, softmax.
 
+RMSNorm and SwiGLU also have a fused path (fused=True, what training uses) that calls torch's kernels
+for the same math: fewer passes over the activations, fewer tensors saved for backward. Tests hold the
+two paths equal.
+
 No precision code lives here beyond RMSNorm's float32 statistics: mixed precision comes from
 torch.autocast applied by the caller, which casts the matmuls below to bf16/fp16.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -65,28 +70,33 @@ class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back to the input dtype.
 
     The mean of squares over d_model values overflows/loses precision in fp16/bf16, hence the upcast.
+    fused=True computes the same expression with torch.nn.functional.rms_norm (still in float32).
     """
 
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = True, device=None, dtype=None) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.fused = eps, fused
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
         x32 = x.float()
+        if self.fused:
+            return F.rms_norm(x32, self.weight.shape, self.weight.float(), self.eps).to(in_dtype)
         rms_inv = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (x32 * rms_inv * self.weight.float()).to(in_dtype)
 
 
 class SwiGLU(nn.Module):
-    """Gated feed-forward: w2(silu(w1 x) * w3 x)."""
+    """Gated feed-forward: w2(silu(w1 x) * w3 x). fused=True uses torch's one-pass F.silu."""
 
-    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, d_ff: int, fused: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        self.fused = fused
         self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        activation = F.silu if self.fused else silu
+        return self.w2(activation(self.w1(x)) * self.w3(x))

@@ -1,4 +1,8 @@
-"""TransformerBlock and TransformerLM: pre-norm Llama-style decoder (RMSNorm, RoPE, SwiGLU, untied head)."""
+"""TransformerBlock and TransformerLM: pre-norm Llama-style decoder (RMSNorm, RoPE, SwiGLU, untied head).
+
+Config switches: attn_impl picks fused SDPA or the from-scratch softmax attention; fused_ops picks torch's
+fused RMSNorm/SiLU/RoPE or the from-scratch formulas. Defaults are the fast paths training uses.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,18 @@ class TransformerBlock(nn.Module):
         theta: float,
         norm_eps: float = 1e-5,
         attn_impl: str = "sdpa",
+        fused_ops: bool = True,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
-        self.ln1 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ln1 = RMSNorm(d_model, eps=norm_eps, fused=fused_ops, device=device, dtype=dtype)
         self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, attn_impl=attn_impl, device=device, dtype=dtype
-        )
-        self.ln2 = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
-        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+            d_model, num_heads, max_seq_len, theta, attn_impl=attn_impl, fused_rope=fused_ops,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        self.ln2 = RMSNorm(d_model, eps=norm_eps, fused=fused_ops, device=device, dtype=dtype)
+        self.ffn = SwiGLU(d_model, d_ff, fused=fused_ops, device=device, dtype=dtype)
 
     def forward(
         self,
@@ -54,6 +60,7 @@ class TransformerLM(nn.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-5,
         attn_impl: str = "sdpa",
+        fused_ops: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -61,16 +68,18 @@ class TransformerLM(nn.Module):
         cfg = ModelConfig(
             vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=num_layers,
             num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta, norm_eps=norm_eps, attn_impl=attn_impl,
+            fused_ops=fused_ops,
         )  # fmt: skip
         self.config = cfg
         self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
             TransformerBlock(
-                d_model, num_heads, d_ff, context_length, rope_theta, norm_eps, attn_impl, device, dtype
-            )
+                d_model, num_heads, d_ff, context_length, rope_theta, norm_eps, attn_impl, fused_ops,
+                device, dtype,
+            )  # fmt: skip
             for _ in range(num_layers)
         )
-        self.ln_final = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.ln_final = RMSNorm(d_model, eps=norm_eps, fused=fused_ops, device=device, dtype=dtype)
         self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
 
     @classmethod
