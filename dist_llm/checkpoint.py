@@ -29,6 +29,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
 
+from dist_llm.atomic_io import atomic_write, fsync_path
+
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -119,19 +121,11 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
 
 # ---------------------------------------------------------------- durable writes
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
         f.flush()
-        os.fsync(f.fileno())
+        os.fsync(f.fileno())  # no rename: the whole directory is renamed once complete
 
 
 def _crash_if_requested(step: int) -> None:
@@ -151,18 +145,18 @@ def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torc
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(model_state, tmp / MODEL_FILE, metadata={"format": "pt"})
-    _fsync_path(tmp / MODEL_FILE)
+    fsync_path(tmp / MODEL_FILE)
     _crash_if_requested(step)
     if optimizer_state is not None:
         tensors, meta = split_optimizer_state(optimizer_state)
         save_file(tensors, tmp / OPTIMIZER_TENSORS, metadata={"format": "pt"})
-        _fsync_path(tmp / OPTIMIZER_TENSORS)
+        fsync_path(tmp / OPTIMIZER_TENSORS)
         _write_json(tmp / OPTIMIZER_JSON, meta)
     _write_json(tmp / TRAINER_STATE, trainer_state)
     _write_json(tmp / CONFIG, config)
     manifest = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
     _write_json(tmp / COMPLETE, {"step": step, "files": manifest})
-    _fsync_path(tmp)
+    fsync_path(tmp)
     if final.exists():  # rename() cannot replace a non-empty directory: move the old one aside first
         old = root / f".old_{step_dir_name(step)}_{os.getpid()}"
         os.replace(final, old)
@@ -170,7 +164,7 @@ def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torc
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(root)
+    fsync_path(root)
     prune_checkpoints(root, keep_last)
     return final
 
@@ -339,12 +333,8 @@ def save_checkpoint(path: str | os.PathLike | BinaryIO, model: torch.nn.Module,
         return
     path = Path(path)
     if path.suffix and not path.is_dir():
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(_blob(model, optimizer, iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        blob = _blob(model, optimizer, iteration)
+        atomic_write(path, lambda tmp: tmp.write_bytes(blob))
         return
     bare = unwrap_model(model)
     config = {"model": bare.config.to_dict()} if hasattr(getattr(bare, "config", None), "to_dict") else {}

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from dist_llm import distributed
+from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data import DataError, MemmapTokens
-from dist_llm.export.atomic import atomic_write_json
 from dist_llm.model import TransformerLM
 from dist_llm.pretrained import PretrainedError, load_pretrained
 from dist_llm.tokenizer import Tokenizer

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from dist_llm import distributed
+from dist_llm.atomic_io import atomic_write_json
 from dist_llm.config import ConfigError, RunConfig
 from dist_llm.tokenizer import Tokenizer, train_bpe
 
@@ -86,7 +87,7 @@ def build_tokenizer(cfg: RunConfig, files: list[Path]) -> Path:
                               cfg.tokenizer.special_tokens, num_workers=workers)
     Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
     (out_dir / "training_sample.txt").unlink(missing_ok=True)
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=1))
+    atomic_write_json(out_dir / "settings.json", settings)
     return out_dir
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import COMPLETE as COMPLETE_MARKER
 from dist_llm.checkpoint import CheckpointError, find_latest_checkpoint, verify_checkpoint
-from dist_llm.export.atomic import atomic_write, atomic_write_json
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.tokenizer import Tokenizer
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data.sources import DataError
-from dist_llm.export.atomic import atomic_write_json
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"

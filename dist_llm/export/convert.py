@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.export import hf_llama
-from dist_llm.export.atomic import atomic_write, atomic_write_json
 from dist_llm.export.hf_llama import UnsupportedModelError
 from dist_llm.export.hf_tokenizer import TokenizerNotConvertible, tokenizer_from_json, write_hf_tokenizer
 from dist_llm.pretrained import (

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dist_llm.export.atomic import atomic_write_json
+from dist_llm.atomic_io import atomic_write_json
 from dist_llm.tokenizer import Tokenizer
 
 

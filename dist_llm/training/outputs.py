@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -11,20 +10,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import model_state_for_saving, unwrap_model
 from dist_llm.config import EvalSection
 from dist_llm.tokenizer import Tokenizer
 
 PREVIOUS_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors", "loss.png", "tokenizer")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def set_aside_previous_run(run_dir: Path) -> Path | None:
@@ -44,12 +35,9 @@ def write_final_model(run_dir: Path, model: torch.nn.Module, config: dict[str, A
                       tokenizer: Tokenizer) -> None:
     """RUN/model.safetensors (float32, plain names) + config.json + tokenizer/, each written atomically."""
     tensors = {k: v.float() for k, v in model_state_for_saving(model).items()}
-    tmp = run_dir / f".model.safetensors.tmp{os.getpid()}"
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / "model.safetensors")
-    write_json_atomic(run_dir / "config.json", config)
+    atomic_write(run_dir / "model.safetensors",
+                 lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write_json(run_dir / "config.json", config)
     tokenizer.save(run_dir / "tokenizer")
 
 

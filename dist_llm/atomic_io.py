@@ -1,8 +1,10 @@
-"""Crash-safe file writes shared by the after-training commands (export, evaluate, plot).
+"""Crash-safe file writes, shared by the trainer, checkpoints, data preparation and the after-training
+commands (export, evaluate, plot).
 
 A reader must never find a half-written file that looks complete, so every output is written to a
 temporary name in the destination directory, fsynced, and only then renamed over the final name
-(os.replace is atomic within one filesystem).
+(os.replace is atomic within one filesystem). Directories built file by file (checkpoints) use the same
+idea one level up: fill a temporary directory, fsync it, rename it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's contents to disk (a directory: its entries, e.g. a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
