@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import json
 import os
 import subprocess
@@ -147,10 +148,29 @@ def distributed_context(device: str = "auto", backend: str = "auto", timeout_s: 
         rank=launch.rank, world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout_s),
         device_id=dev if dev.type == "cuda" else None,
     )
+    completed = False
     try:
         yield DistContext(launch.rank, launch.local_rank, launch.world_size, dev, chosen)
+        completed = True
     finally:
-        dist.destroy_process_group()
+        _teardown(completed)
+
+
+def _teardown(completed: bool) -> None:
+    """Destroy the process group so that its threads are joined while the interpreter is still whole.
+
+    A rank that exits while another still communicates, or with a group whose C++ threads (gloo's or
+    NCCL's workers, held alive by e.g. a DDP reducer) outlive the interpreter, can abort at exit
+    ("terminate called without an active exception"). So: on a normal exit every rank first meets the
+    others at a barrier (after it, no rank sends anything), then unreachable objects holding the group are
+    collected, then the group is destroyed. After an error the barrier is skipped: the other ranks may be
+    gone, and waiting for them would turn a clear error into a timeout.
+    """
+    if completed:
+        with contextlib.suppress(RuntimeError):  # a peer died meanwhile: still tear down our side
+            dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _active() -> bool:

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from dist_llm import distributed
+from dist_llm.atomic_io import atomic_write_json
 from dist_llm.checkpoint import CheckpointError, read_checkpoint
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
-from dist_llm.distributed import DistributedError, distributed_context
+from dist_llm.distributed import DistContext, DistributedError, distributed_context
 from dist_llm.metrics import (
     MetricsLog,
     format_postfix,
@@ -59,6 +60,13 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     with launch as ctx, contextlib.ExitStack() as cleanup:
         if stop is None:
             stop = cleanup.enter_context(StopRequest())
+        # A separate frame: when it returns, DDP (whose reducer holds the process group and, through it,
+        # gloo's/NCCL's threads) is released before the group is torn down.
+        return _train(cfg, ctx, stop)
+
+
+def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
+    with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
@@ -135,7 +143,7 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
                 truncate_metrics(run_dir, step)
             elif (moved := outputs.set_aside_previous_run(run_dir)) is not None:
                 say(f"run dir: starting fresh; the previous outputs were moved to {moved}")
-            outputs.write_json_atomic(run_dir / "config.json", config_dict)
+            atomic_write_json(run_dir / "config.json", config_dict)
         distributed.barrier()
 
         # ---- wrappers applied from outside the model: DDP, compile, autocast

@@ -120,3 +120,34 @@ def _raise_inside_group(rank: int) -> bool:
 @pytest.mark.slow
 def test_group_is_torn_down_when_the_body_raises(ranks):
     assert ranks(_raise_inside_group, 2) == [False, False]
+
+
+def _leave_at_different_times(rank: int) -> dict:
+    import gc
+    import time
+    import weakref
+
+    with distributed_context(device="cpu"):
+        group = torch.distributed.group.WORLD
+
+        class Holder:  # an object in a reference cycle that keeps the group alive, as DDP's reducer does
+            pass
+
+        holder = Holder()
+        holder.me, holder.group = holder, group
+        alive = weakref.ref(holder)
+        del holder
+        gc.disable()  # only the teardown may collect the cycle
+        if rank == 1:
+            time.sleep(1.5)  # still busy while rank 0 is done
+        left = time.monotonic()
+    gc.enable()
+    return {"waited_s": time.monotonic() - left, "cycle_collected": alive() is None}
+
+
+@pytest.mark.slow
+def test_teardown_waits_for_every_rank_and_frees_the_group_first(ranks):
+    r0, r1 = ranks(_leave_at_different_times, 2)
+    # rank 0 did not destroy its group (and exit) while rank 1 was still inside the context
+    assert r0["waited_s"] > 1.0, r0
+    assert r0["cycle_collected"] and r1["cycle_collected"]
