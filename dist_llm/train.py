@@ -164,11 +164,15 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         log = cleanup.enter_context(contextlib.closing(MetricsLog(run_dir, hooks))) if main else None
         bar = cleanup.enter_context(progress_bar(main and cfg.log.progress_bar, plan.total_steps, step))
         last_eval: dict[str, float] = {}
+        last_eval_step = -1
         window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
         run_start = time.perf_counter() - counters["time_s"]
 
         def evaluate_and_log(at_step: int) -> None:
-            nonlocal last_eval, window_start
+            nonlocal last_eval, window_start, last_eval_step
+            if at_step == last_eval_step:  # e.g. a periodic, an epoch-end and the final one at one step
+                return
+            last_eval_step = at_step
             started = time.perf_counter()
             last_eval = val_windows.evaluate(model, cfg.eval.batch_size, device, autocast)
             if log:
@@ -178,6 +182,10 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 f"bpb {last_eval['val_bpb']:.4f}")
             window_start += time.perf_counter() - started  # evaluation time is not training throughput
 
+        if log and chosen:
+            log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
+        elif log and init_source:
+            log.write({"event": "init_from", "source": init_source["model_dir"]})
         if step == 0:
             evaluate_and_log(0)
         stop_reason = None
@@ -245,7 +253,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 window_start, window_tokens, window_loss, window_steps = now, 0, 0.0, 0
 
             # -- evaluation, checkpoints, stop requests
-            epoch_done = loader.epoch != epoch_before
+            # An epoch ending one step before the run needs no evaluation of its own: the final one follows.
+            epoch_done = loader.epoch != epoch_before and step + 1 != plan.total_steps
             periodic_eval = cfg.eval.interval and step % cfg.eval.interval == 0
             if periodic_eval or epoch_done or step == plan.total_steps:
                 evaluate_and_log(step)
@@ -260,6 +269,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                                            tokenizer.fingerprint, schedule)
                 say(f"\ncheckpoint: {path}")
             if stop_reason and step < plan.total_steps:
+                if log:
+                    log.write({"event": "stop_signal", "step": step, "signal": stop_reason})
                 say(f"stopping after step {step}: received {stop_reason}; resume with --resume auto")
                 break
         bar.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from launch_support import Launched, complete_checkpoints, launch_env, trainer_state, write_tiny_config
+from trainer_runs import read_jsonl
 
 from dist_llm.pipeline import PAUSE_ENV
 from dist_llm.training.signals import StopRequest
@@ -52,3 +53,6 @@ def test_signal_during_data_preparation_stops_at_the_first_step(tmp_path: Path) 
     checkpoints = complete_checkpoints(run_dir)
     assert list(checkpoints) == [1], output[-4000:]
     assert trainer_state(checkpoints[1])["step"] == 1
+    events = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" in r]
+    assert events == [{"event": "stop_signal", "step": 1, "signal": "SIGUSR1"}]
+    assert (run_dir / "loss.png").is_file()  # the plot reads past the event line

@@ -39,9 +39,11 @@ def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
     if Path(source.model_dir).resolve().is_relative_to(run_dir):
         raise ConfigError(f"'run.init_from' ({cfg.run.init_from}) is inside 'run.dir' ({cfg.run.dir}), whose "
                           "previous outputs a fresh start moves aside; give the new run another run.dir")
+    # Only the keys the run's model section has: a key the source's ModelConfig adds beyond them cannot
+    # be set here, and a default the section lacks is the same on both sides.
     current = dataclasses.asdict(cfg.model)
     diffs = [f"model.{k}: {saved.get(k, '<absent>')!r} in {source.model_dir} vs "
-             f"{current.get(k, '<absent>')!r} in this run" for k in sorted(set(saved) | set(current))
+             f"{current[k]!r} in this run" for k in sorted(current)
              if k not in _IMPLEMENTATION_KEYS and saved.get(k) != current.get(k)]
     if diffs:
         raise ConfigError(f"'run.init_from': the model in {source.model_dir} differs from this run's model "
