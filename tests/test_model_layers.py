@@ -31,9 +31,10 @@ def test_linear_is_x_times_weight_transposed_and_init_is_truncated():
     assert lin.weight.abs().max() <= 3 * std + 1e-6
 
 
-def test_embedding_is_row_lookup():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_embedding_is_row_lookup(fused):
     torch.manual_seed(0)
-    emb = Embedding(50, 8)
+    emb = Embedding(50, 8, fused=fused)
     ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
     out = emb(ids)
     assert out.shape == (2, 3, 8)
@@ -132,6 +133,15 @@ def test_fused_layers_equal_reference_layers_outputs_and_gradients_in_float32():
         torch.testing.assert_close(gx_fast, gx_ref, **tight)
         for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
             torch.testing.assert_close(p_fast.grad, p_ref.grad, **tight, msg=f"{cls.__name__}.{name}")
+    ids = torch.tensor([[3, 0, 49, 3], [7, 3, 1, 49]])  # repeated ids: gradients must accumulate
+    emb_ref, emb_fast = Embedding(50, 16, fused=False), Embedding(50, 16, fused=True)
+    emb_fast.load_state_dict(emb_ref.state_dict())
+    g = torch.randn(2, 4, 16)
+    torch.testing.assert_close(emb_fast(ids), emb_ref(ids), rtol=0, atol=0)
+    emb_ref(ids).backward(g)
+    emb_fast(ids).backward(g)
+    torch.testing.assert_close(emb_fast.weight.grad, emb_ref.weight.grad, **tight)
+    assert emb_fast.weight.grad[3].abs().sum() > 0 and emb_fast.weight.grad[2].abs().sum() == 0
     rope_ref = RotaryPositionalEmbedding(10000.0, 8, 32, fused=False)
     rope_fast = RotaryPositionalEmbedding(10000.0, 8, 32, fused=True)
     heads = (torch.randn(2, 9, 3, 8) * 3).transpose(1, 2)  # (B, H, T, d) view, not contiguous

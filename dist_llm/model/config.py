@@ -24,7 +24,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"  # "sdpa" (fused torch kernel, default) or "reference" (from-scratch softmax)
-    # True: RMSNorm, SiLU and RoPE through torch's fused kernels (F.rms_norm, F.silu, complex multiply),
+    # True: embedding, RMSNorm, SiLU, RoPE through torch's kernels (F.embedding, F.rms_norm, F.silu, a
+    # complex multiply),
     # the same math in fewer passes over memory; False: the from-scratch formulas in layers.py / rope.py.
     fused_ops: bool = True
 

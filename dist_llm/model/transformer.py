@@ -1,7 +1,7 @@
 """TransformerBlock and TransformerLM: pre-norm Llama-style decoder (RMSNorm, RoPE, SwiGLU, untied head).
 
 Config switches: attn_impl picks fused SDPA or the from-scratch softmax attention; fused_ops picks torch's
-fused RMSNorm/SiLU/RoPE or the from-scratch formulas. Defaults are the fast paths training uses.
+fused embedding/RMSNorm/SiLU/RoPE or the from-scratch formulas. Defaults are the fast paths training uses.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class TransformerLM(nn.Module):
             fused_ops=fused_ops,
         )  # fmt: skip
         self.config = cfg
-        self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.token_embeddings = Embedding(vocab_size, d_model, fused=fused_ops, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
             TransformerBlock(
                 d_model, num_heads, d_ff, context_length, rope_theta, norm_eps, attn_impl, fused_ops,
