@@ -120,9 +120,10 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
     for runner in runners:  # warmup (includes compilation)
         for _ in range(args.warmup):
             runner.step(x, y)
+    steps = args.steps or _steps_per_round(runners[-1], x, y, device)
     for _ in range(args.rounds):
         for runner in runners:
-            runner.timed_round(x, y, args.steps)
+            runner.timed_round(x, y, steps)
         # a short peak measurement between rounds: the best one is kept (see main)
         PEAK_SAMPLES.append(measured_matmul_peak(device, dtype, min_seconds=0.2))
     rows = []
@@ -131,7 +132,8 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         tok_s = batch * cfg.context_length / sec
         achieved = runner.model.flops_per_token() * tok_s
         rows.append(dict(
-            config=name, model=runner.name, batch=batch, ctx=cfg.context_length, ms_step=sec * 1e3,
+            config=name, model=runner.name, batch=batch, ctx=cfg.context_length, steps=steps,
+            ms_step=sec * 1e3,
             tok_s=tok_s, tok_s_median=batch * cfg.context_length / statistics.median(runner.round_times),
             tflops=achieved / 1e12, mfu_sheet=achieved / sheet[1] if sheet else None,
             params_m=sum(p.numel() for p in runner.model.parameters()) / 1e6,  # tied weights counted once
@@ -141,6 +143,15 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         rows[0]["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.empty_cache()
     return rows
+
+
+def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> int:
+    """Enough steps that a round lasts ~0.3 s: a 30 ms round is mostly timer and scheduler noise."""
+    _sync(device)
+    start = time.perf_counter()
+    runner.step(x, y)
+    _sync(device)
+    return max(1, round(0.3 / (time.perf_counter() - start)))
 
 
 def _training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -181,7 +192,7 @@ def main() -> None:
     for name in names:
         if name not in CONFIGS:
             parser.error(f"unknown --config {name!r}; choose from {list(CONFIGS)}")
-    args.steps = args.steps or (10 if on_gpu else 1)
+    args.steps = args.steps or (10 if on_gpu else None)  # None: sized per config, see _steps_per_round
     args.rounds = args.rounds or (3 if on_gpu else 7)
     args.warmup = args.warmup or (3 if on_gpu else 1)
     dtype = DTYPES[args.dtype]
@@ -193,8 +204,8 @@ def main() -> None:
     sheet = datasheet_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {where} | torch {torch.__version__} | dtype {args.dtype} | compile {args.compile} | "
-          f"optimizer {args.optim} AdamW | fused_ops {args.fused_ops} | {args.rounds} rounds x "
-          f"{args.steps} steps")  # fmt: skip
+          f"optimizer {args.optim} AdamW | fused_ops {args.fused_ops} | {args.rounds} alternating rounds "
+          f"per model")  # fmt: skip
     print(f"measured {args.dtype} matmul peak: {peak / 1e12:.3f} TFLOP/s"
           + (f" | datasheet peak ({sheet[0]}): {sheet[1] / 1e12:.0f} TFLOP/s" if sheet else ""))  # fmt: skip
 
@@ -205,14 +216,14 @@ def main() -> None:
     print(f"matmul peak used for MFU (best of {1 + len(PEAK_SAMPLES)} samples): {peak / 1e12:.3f} TFLOP/s")
     rows = [dict(row, mfu=row["tflops"] * 1e12 / peak) for run in runs for row in run]
     print()
-    print("| config | model | params (M) | batch x ctx | ms/step | tokens/s (best) | tokens/s (median) |"
-          " TFLOP/s | MFU (measured peak) | MFU (datasheet) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | model | params (M) | batch x ctx | steps/round | ms/step | tokens/s (best) |"
+          " tokens/s (median) | TFLOP/s | MFU (measured peak) | MFU (datasheet) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         sheet_mfu = f"{r['mfu_sheet']:.1%}" if r["mfu_sheet"] is not None else "n/a"
         print(f"| {r['config']} | {r['model']} | {r['params_m']:.1f} | {r['batch']}x{r['ctx']} | "
-              f"{r['ms_step']:.1f} | {r['tok_s']:,.0f} | {r['tok_s_median']:,.0f} | {r['tflops']:.3f} | "
-              f"{r['mfu']:.1%} | {sheet_mfu} |")
+              f"{r['steps']} | {r['ms_step']:.1f} | {r['tok_s']:,.0f} | {r['tok_s_median']:,.0f} | "
+              f"{r['tflops']:.3f} | {r['mfu']:.1%} | {sheet_mfu} |")
     print()
     for run in runs:
         ours, base = run[0], run[1]
