@@ -115,6 +115,11 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         tied = TransformerLM.from_config(cfg, device=device)
         tied.lm_head.weight = tied.token_embeddings.weight
         runners.append(Runner("dist_llm, head tied (info)", tied, _training_loss, args, device, dtype))
+    if args.with_other_path:  # information only: the other fused_ops setting, timed in the same rounds
+        other = dataclasses.replace(cfg, fused_ops=not cfg.fused_ops)
+        label = f"dist_llm, fused_ops={other.fused_ops} (info)"
+        runners.append(Runner(label, TransformerLM.from_config(other, device=device), _training_loss, args,
+                              device, dtype))  # fmt: skip
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
     for runner in runners:  # warmup (includes compilation)
@@ -173,6 +178,8 @@ def main() -> None:
                              "training default) or the from-scratch reference layers (off)")
     parser.add_argument("--with-tied", action="store_true",
                         help="also time our model with lm_head tied to the embedding (information only)")
+    parser.add_argument("--with-other-path", action="store_true",
+                        help="also time our model with the other --fused-ops setting (information only)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per model")
@@ -232,9 +239,10 @@ def main() -> None:
         print(f"{ours['config']}: tokens/s ours / nanoGPT-style baseline = {ratio:.2f}x "
               f"best round, {ours['tok_s_median'] / base['tok_s_median']:.2f}x median round "
               f"(ours has {extra:+.1f}M parameters, mostly the untied lm_head)")
-        if len(run) > 2:
-            print(f"{ours['config']}: (info) ours with tied head / baseline = "
-                  f"{run[2]['tok_s'] / base['tok_s']:.2f}x best round")
+        for info in run[2:]:
+            best, median = info["tok_s"] / base["tok_s"], info["tok_s_median"] / base["tok_s_median"]
+            print(f"{ours['config']}: ({info['model']}) / baseline = {best:.2f}x best round, "
+                  f"{median:.2f}x median round")
     if on_gpu:
         print(f"peak GPU memory: {max(r.get('peak_mem_gb', 0) for r in rows):.1f} GiB")
 
