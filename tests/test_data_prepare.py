@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 
 import numpy as np
@@ -134,6 +135,17 @@ def test_parallel_output_is_byte_identical_and_memory_is_bounded(tmp_path, tok, 
     assert len(serial_build["worker_cpu_seconds"]) == 1
     assert 1 <= len(build["worker_cpu_seconds"]) <= 2
     assert all(c >= 0 for c in build["worker_cpu_seconds"]) and build["main_cpu_seconds"] >= 0
+
+
+def test_progress_bar_leaves_no_thread_behind_so_later_pools_still_fork(tmp_path, tok, capsys):
+    # A leftover thread (tqdm's monitor) would make every later preparation in the process spawn its
+    # workers instead of forking them: correct output, but about a second of re-imports per worker.
+    write_txt(tmp_path / "a.txt", nasty_docs(random.Random(6), 20), "plain")
+    threads_before = threading.active_count()
+    for run in range(2):
+        prepare_corpus([tmp_path / "a.txt"], tok, tmp_path / f"out{run}", workers=1, progress=True)
+        assert threading.active_count() == threads_before
+    assert "tokenizing" in capsys.readouterr().err  # the bar was shown
 
 
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path, tok):

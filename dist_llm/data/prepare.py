@@ -41,6 +41,7 @@ import numpy as np
 
 from dist_llm.data.meta import FORMAT_VERSION, META_NAME, read_meta, token_dtype, write_meta
 from dist_llm.data.sources import DataError, iter_chunks, resolve_inputs, split_chunk
+from dist_llm.tokenizer.progress import progress_bar
 
 DEFAULT_CHUNK_SIZE = 1 << 18  # small enough to balance 2+ workers on a few-MB corpus
 SPLITS = ("train", "val")
@@ -307,12 +308,10 @@ def _on_chunk_written(totals: dict[str, int]) -> None:
 
 
 def _progress_bar(total_bytes: int, files: list[Path], enabled: bool) -> Any:
-    from tqdm import tqdm
-
     # Sizes of .gz inputs are compressed sizes while progress counts decompressed bytes: no total then.
     total = None if any(f.name.lower().endswith(".gz") for f in files) else total_bytes
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenizing",
-                disable=not enabled, file=sys.stderr)
+    return progress_bar(enabled, total=total, unit="B", unit_scale=True, unit_divisor=1000,
+                        desc="tokenizing", file=sys.stderr)
 
 
 def _print_summary(meta: dict, out_dir: Path, seconds: float) -> None:
