@@ -44,16 +44,16 @@ def timed(fn, repeats: int = 1):  # noqa: ANN001, ANN201
     The minimum wall time is the least disturbed by other load; the CPU time shows the work itself,
     which on a busy machine can be much less than workers x wall time.
     """
-    best, best_cpu = float("inf"), 0.0
+    best, best_cpu, best_result = float("inf"), 0.0, None
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), os.times()
         result = fn()
         wall, c1 = time.perf_counter() - t0, os.times()
         if wall < best:
-            best = wall
+            best, best_result = wall, result
             best_cpu = (c1.user + c1.system + c1.children_user + c1.children_system
                         - c0.user - c0.system - c0.children_user - c0.children_system)
-    return result, best, best_cpu
+    return best_result, best, best_cpu
 
 
 def main() -> None:
