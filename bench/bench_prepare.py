@@ -93,6 +93,8 @@ def main() -> None:
                 args.repeats)
             tokens = sum(s["num_tokens"] for s in meta["splits"].values())
             name = f"dist_llm prepare, {workers} worker{'s' if workers > 1 else ''}"
+            if workers > 1:
+                name += f" ({meta['build']['start_method']})"
             build = meta["build"]
             critical = max(build["worker_cpu_seconds"]) + build["main_cpu_seconds"]
             rows.append((name, seconds, cpu, critical, tokens))

@@ -133,6 +133,8 @@ def test_parallel_output_is_byte_identical_and_memory_is_bounded(tmp_path, tok, 
     assert build["max_in_flight"] <= 4 and build["max_chunk_bytes"] <= 2 * chunk
     # CPU time per worker process (the serial run tokenizes in the main process: one entry)
     assert len(serial_build["worker_cpu_seconds"]) == 1
+    assert serial_build["start_method"] == "none"
+    assert build["start_method"] == ("spawn" if start_method == "spawn" else prepare_module._start_method())
     assert 1 <= len(build["worker_cpu_seconds"]) <= 2
     assert all(c >= 0 for c in build["worker_cpu_seconds"]) and build["main_cpu_seconds"] >= 0
 

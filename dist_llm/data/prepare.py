@@ -111,7 +111,7 @@ def _start_method() -> str:
 
 
 @contextlib.contextmanager
-def _worker_pool(workers: int, init_args: tuple) -> Iterator[Any]:
+def _worker_pool(workers: int, init_args: tuple, start_method: str) -> Iterator[Any]:
     """A started Pool of tokenizer workers, or None for workers == 1 (then this process tokenizes)."""
     if workers <= 1:
         _init_worker(*init_args)
@@ -120,7 +120,7 @@ def _worker_pool(workers: int, init_args: tuple) -> Iterator[Any]:
         finally:
             _worker.clear()
         return
-    with multiprocessing.get_context(_start_method()).Pool(workers, _init_worker, init_args) as pool:
+    with multiprocessing.get_context(start_method).Pool(workers, _init_worker, init_args) as pool:
         yield pool
 
 
@@ -243,14 +243,16 @@ def prepare_corpus(
     (out_dir / META_NAME).unlink(missing_ok=True)  # from here on the directory does not look prepared
     tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
     init_args = (tokenizer, separator, val_fraction, replace_invalid_utf8, dtype.name)
-    stats = {"chunks": 0, "max_chunk_bytes": 0, "max_in_flight": 0}
+    # in meta's build stats: "spawn" where "fork" was expected means a thread was running (see _start_method)
+    start_method = _start_method() if workers > 1 else "none"
+    stats = {"chunks": 0, "max_chunk_bytes": 0, "max_in_flight": 0, "start_method": start_method}
     worker_cpu: dict[int, float] = collections.defaultdict(float)
     cpu_started = time.process_time()
     totals = {"train_tokens": 0, "val_tokens": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
     started = time.perf_counter()
     try:
         chunks = (c for path in files for c in iter_chunks(path, chunk_size, separator))
-        with _worker_pool(workers, init_args) as pool, \
+        with _worker_pool(workers, init_args, start_method) as pool, \
                 open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val, \
                 _progress_bar(sum(d["size"] for d in described), files, progress) as bar:
             for result in _ordered_results(pool, chunks, 2 * workers, stats):
