@@ -151,12 +151,16 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
 
 
 def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> int:
-    """Enough steps that a round lasts ~0.3 s: a 30 ms round is mostly timer and scheduler noise."""
-    _sync(device)
-    start = time.perf_counter()
-    runner.step(x, y)
-    _sync(device)
-    return max(1, round(0.3 / (time.perf_counter() - start)))
+    """Enough steps that a round lasts ~0.3 s: a 30 ms round is mostly timer and scheduler noise.
+    The step time is the fastest of 3, so one step slowed by another process does not shrink rounds."""
+    times = []
+    for _ in range(3):
+        _sync(device)
+        start = time.perf_counter()
+        runner.step(x, y)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return max(1, round(0.3 / min(times)))
 
 
 def _training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
