@@ -50,6 +50,7 @@ class ModelSection:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"
+    fused_ops: bool = True  # torch's fused RMSNorm/SiLU/embedding/RoPE kernels; False = from-scratch layers
 
 
 @dataclass

@@ -120,3 +120,12 @@ def test_shipped_model_sizes(name, low, high):
         model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model)))
     count = model.num_params(include_embeddings=name != "tinystories-17m")
     assert low <= count <= high
+
+
+def test_model_section_converts_to_model_config_including_fused_ops():
+    from dist_llm.model import ModelConfig
+
+    cfg = parse_args(["--model.fused_ops=false", "--model.attn_impl=reference"])
+    model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
+    assert model_cfg.fused_ops is False and model_cfg.attn_impl == "reference"
+    assert ModelConfig.from_dict(dataclasses.asdict(parse_args([]).model)).fused_ops is True

@@ -2,11 +2,11 @@
 
 The source is anything dist_llm.pretrained loads: a run directory, a checkpoint directory, or the output
 of `python -m dist_llm.export import-hf`. Only the weights come over; the optimizer, the LR schedule and
-the data position start fresh. The run's `model` section must describe the same model (the one key that
-may differ is `attn_impl`, an implementation choice that does not change the weights), and the run must
-tokenize with the source's tokenizer: with `tokenizer.path` empty it is taken from the source, otherwise
-it must be the same tokenizer. A resume that finds a checkpoint takes precedence: that checkpoint already
-holds weights that started from the source.
+the data position start fresh. The run's `model` section must describe the same model (the keys that
+may differ are `attn_impl` and `fused_ops`, implementation choices that do not change the weights),
+and the run must tokenize with the source's tokenizer: with `tokenizer.path` empty it is taken from the
+source, otherwise it must be the same tokenizer. A resume that finds a checkpoint takes precedence: that
+checkpoint already holds weights that started from the source.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from dist_llm.config import ConfigError, RunConfig
 
 # Keys of the model section that may differ from the source: they change how, not what, is computed.
-_IMPLEMENTATION_KEYS = ("attn_impl",)
+_IMPLEMENTATION_KEYS = ("attn_impl", "fused_ops")
 
 
 def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
