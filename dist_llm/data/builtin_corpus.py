@@ -23,9 +23,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
+
+from dist_llm.atomic_io import atomic_write
 
 SEPARATOR = "<|endoftext|>"
 CORPUS_VERSION = 1
@@ -136,22 +137,18 @@ def builtin_corpus_path(cache_dir: str | Path, modules: list[str] | None = None)
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache_dir)
-    os.close(fd)
-    try:
+
+    def gather_into(tmp: Path) -> None:
         # A fresh interpreter does the imports, so their side effects stay out of this process.
-        cmd = [sys.executable, "-m", "dist_llm.data.builtin_corpus", "--gather", tmp_name,
+        cmd = [sys.executable, "-m", "dist_llm.data.builtin_corpus", "--gather", str(tmp),
                "--modules", *modules]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"gathering the stdlib docs corpus failed:\n{proc.stderr[-2000:]}")
-        with open(tmp_name, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the cache is ordinary data
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is ordinary data
+
+    atomic_write(path, gather_into)
     return path
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_llm.atomic_io import fsync_path
 from dist_llm.data.meta import FORMAT_VERSION, META_NAME, read_meta, token_dtype, write_meta
 from dist_llm.data.sources import DataError, iter_chunks, resolve_inputs, split_chunk
 from dist_llm.tokenizer.progress import progress_bar
@@ -199,8 +200,7 @@ def _cached_meta(out_dir: Path, files: list[Path], fingerprint: str, options: di
 
 
 def _fsync_and_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    fsync_path(tmp)
     os.replace(tmp, final)
 
 

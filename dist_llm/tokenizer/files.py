@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dist_llm.atomic_io import atomic_write
 
 from .errors import TokenizerError
 
@@ -41,18 +42,8 @@ def _to_str(token: bytes) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes to a temp file in the same directory, fsyncs, then renames: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Never a half-written tokenizer file: see dist_llm.atomic_io."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> str:
