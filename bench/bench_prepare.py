@@ -1,6 +1,6 @@
 """Corpus preparation throughput: dist_llm.data.prepare with N workers vs tiktoken in one thread.
 
-    python bench/bench_prepare.py --input /work/shared/data/shakespeare_complete.txt --vocab-size 10000
+    python bench/bench_prepare.py --input ../shared/data/shakespeare_complete.txt --vocab-size 10000
 
 Trains (or loads, with --tokenizer DIR) a BPE tokenizer on the input, builds a tiktoken Encoding from
 the same merges and the GPT-2 pre-tokenization regex, and times in one run: tiktoken encoding the whole
@@ -58,7 +58,7 @@ def timed(fn, repeats: int = 1):  # noqa: ANN001, ANN201
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input", default="/work/shared/data/shakespeare_complete.txt")
+    parser.add_argument("--input", default="../shared/data/shakespeare_complete.txt")
     parser.add_argument("--vocab-size", type=int, default=10000)
     parser.add_argument("--tokenizer", help="a saved tokenizer directory (default: train one on the input)")
     parser.add_argument("--workers", type=int, default=2)
