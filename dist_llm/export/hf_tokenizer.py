@@ -17,25 +17,16 @@ from typing import Any
 
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.tokenizer import Tokenizer
+from dist_llm.tokenizer.files import bytes_to_unicode
 
 
 class TokenizerNotConvertible(ValueError):
     """A tokenizer.json whose behaviour our Tokenizer cannot reproduce exactly."""
 
 
-@cache
 def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's table: bytes that are printable characters map to themselves, the other 68 bytes
-    (controls, space, a few Latin-1 ones) to the code points 256, 257, ... in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    """GPT-2's byte -> printable character table (the one dist_llm's GPT-2 file reader uses)."""
+    return bytes_to_unicode()
 
 
 @cache
