@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dist_llm.devices import resolve_device
+
 
 class DistributedError(RuntimeError):
     """The launch environment is inconsistent or the requested device/backend is unavailable."""
@@ -89,22 +91,20 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
 
 def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     """CUDA (this rank's local GPU) > MPS > CPU for "auto"; an explicit request must be available."""
-    kind = requested.split(":")[0]
-    if kind == "auto":
+    name = requested
+    if name == "auto":
         if torch.cuda.is_available():
-            kind = "cuda"
+            name = "cuda"
         elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            kind = "mps"
+            name = "mps"
         else:
-            kind = "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise DistributedError(f"dist.device={requested!r} but CUDA is not available on this machine")
-        index = int(requested.split(":")[1]) if ":" in requested else local_rank % torch.cuda.device_count()
-        return torch.device("cuda", index)
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise DistributedError(f"dist.device={requested!r} but MPS is not available on this machine")
-    return torch.device(kind)
+            name = "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        name = f"cuda:{local_rank % torch.cuda.device_count()}"  # this rank's local GPU
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise DistributedError(f"dist.device={requested!r}: {e}") from None
 
 
 @dataclass(frozen=True)
