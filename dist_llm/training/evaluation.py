@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_llm import distributed
+from dist_llm.evaluate import token_byte_lengths
 from dist_llm.tokenizer import Tokenizer
 
 
@@ -27,11 +28,7 @@ class ValidationWindows:
         self.dataset = dataset
         self.indices = chosen[rank::world_size]
         self.total_windows = len(chosen)
-        byte_len = np.zeros(vocab_size, dtype=np.int64)
-        specials = {tokenizer.token_id(s) for s in tokenizer.special_tokens}
-        for token_id, token_bytes in tokenizer.vocab.items():
-            if token_id not in specials and token_id < vocab_size:
-                byte_len[token_id] = len(token_bytes)
+        byte_len = token_byte_lengths(tokenizer, vocab_size).numpy()
         targets = dataset.windows(self.indices)[:, 1:] if len(self.indices) else np.zeros((0, 1), np.int64)
         self.num_bytes = int(byte_len[targets].sum())  # this rank's share; summed over ranks in evaluate
 
