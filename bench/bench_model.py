@@ -3,7 +3,7 @@
 One step = forward, loss, backward, optimizer step, on a fixed random batch (data loading excluded),
 done the way the trainer does it. Both models get the same width, depth, heads, context, batch, dtype,
 compile setting, torch threads, loss (F.cross_entropy, as dist_llm.train uses) and optimizer
-(torch.optim.AdamW as the trainer builds it: fused on CUDA, foreach on CPU; or --optim ours for
+(torch.optim.AdamW with the kernel the trainer picks, fused on CUDA and CPU; or --optim ours for
 dist_llm.optim.AdamW). Rounds alternate between the models so a drifting machine slows both alike; the
 best round of each gives the headline ratio (load from other processes only ever slows a round down, so
 the fastest round is the least disturbed estimate, as timeit does) and the median round is printed too.
@@ -36,6 +36,7 @@ from peak_flops import datasheet_peak, measured_matmul_peak  # noqa: E402
 
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
 from dist_llm.optim import AdamW  # noqa: E402
+from dist_llm.training.optimizer import adamw_kernel  # noqa: E402
 
 CONFIGS = {
     "tiny": ModelConfig(
@@ -73,11 +74,8 @@ class Runner:
         if args.optim == "ours":
             self.opt = AdamW(params, lr=1e-4, weight_decay=0.1)
         else:
-            # As dist_llm/training/optimizer.py builds it: one fused kernel on CUDA, foreach elsewhere.
-            fused = device.type == "cuda"
-            self.opt = torch.optim.AdamW(
-                params, lr=1e-4, weight_decay=0.1, fused=fused or None, foreach=None if fused else True
-            )
+            # With the kernel the trainer picks (fused on CUDA and CPU), for both models alike.
+            self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **adamw_kernel(device))
         forward_loss = lambda x, y: loss_fn(model(x), y)
         self.forward_loss = torch.compile(forward_loss) if args.compile else forward_loss
         self.round_times: list[float] = []

@@ -70,7 +70,7 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    impl: str = "torch"  # "torch" (fused on CUDA, foreach otherwise) or "dist_llm" (the project's AdamW)
+    impl: str = "torch"  # "torch" (fused on CUDA and CPU, foreach elsewhere) or "dist_llm" (our AdamW)
     max_lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 10
