@@ -7,7 +7,7 @@ import pickle
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dist_llm.tokenizer import Tokenizer, TokenizerError, train_bpe
@@ -172,6 +172,8 @@ def test_inconsistent_vocab_and_merges(vocab, merges, match):
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127)))
+@example("it's they'll we've you're I'm he'd 'tis ''s x's 'S don't 'll'd  a'b")  # every contraction
+@example("  Hello,  world!!  42x 7 \t\n\n  'ere \x0b\x0c\r end \x1c\x1f ")  # spaces, digits, \x1c
 def test_ascii_fast_path_equals_gpt2_regex(text):
     assert ASCII_REGEX.findall(text) == GPT2_REGEX.findall(text)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain, repeat
 
 from .errors import TokenizerError
@@ -55,15 +55,18 @@ class Tokenizer:
                 "a byte-level tokenizer needs all 256 to encode any text"
             )
         self._byte_ids = [self._id_of_bytes[bytes([c])] for c in range(256)]
-        self._bytes_are_ids = self._byte_ids == list(range(256))
         self.merges: list[tuple[bytes, bytes]] = self._index_merges(merges)
         # Tokens that BPE turns back into themselves: a pre-token with those bytes needs no merging
         # (usually almost all of them; the rest still go through the merges, so results are exact).
         self._whole_tokens: dict[bytes, tuple[int]] = {}
+        self._bpe_bytes = self._build_bpe()
         for token_id in self._merged_id:
             if self._bpe_bytes(self.vocab[token_id]) == (token_id,):
                 self._whole_tokens[self.vocab[token_id]] = (token_id,)
-        self._cache = _PieceCache(self._bpe)
+        self._cache = _PieceCache(self._bpe_bytes)
+
+    def _build_bpe(self) -> Callable[[bytes], tuple[int, ...]]:
+        return _bpe_function(self._rank, self._merged_id, self._byte_ids, self._whole_tokens)
 
     def _index_merges(self, merges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Checks each merge against the vocabulary and builds the encoder's tables:
@@ -122,11 +125,13 @@ class Tokenizer:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_cache"]
+        del state["_bpe_bytes"]  # a closure over the tables: rebuilt on the other side
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cache = _PieceCache(self._bpe)
+        self._bpe_bytes = self._build_bpe()
+        self._cache = _PieceCache(self._bpe_bytes)
 
     def __repr__(self) -> str:
         return (
@@ -135,44 +140,6 @@ class Tokenizer:
         )
 
     # ------------------------------------------------------------------ encoding
-    def _bpe(self, piece: str) -> tuple[int, ...]:
-        """The ids of one pre-token (called on a cache miss)."""
-        data = piece.encode("utf-8")
-        whole = self._whole_tokens.get(data)
-        return whole if whole is not None else self._bpe_bytes(data)
-
-    def _bpe_bytes(self, data: bytes) -> tuple[int, ...]:
-        """Merges a byte string: repeatedly the adjacent pair of lowest merge rank, leftmost first.
-
-        `ranks[i]` is the rank of the pair (ids[i], ids[i+1]); after a merge only the two pairs
-        around the new token change, so the min/index scans are the only work per merge (both in C).
-        """
-        ids = list(data) if self._bytes_are_ids else [self._byte_ids[c] for c in data]
-        n = len(ids)
-        if n == 1:
-            return tuple(ids)
-        rank_get = self._rank.get
-        merged_id = self._merged_id
-        no_merge = len(merged_id)
-        ranks = list(map(rank_get, zip(ids, ids[1:], strict=False), repeat(no_merge)))
-        while True:
-            best = min(ranks)
-            if best == no_merge:
-                break
-            i = ranks.index(best)
-            new = merged_id[best]
-            ids[i] = new
-            del ids[i + 1]
-            del ranks[i]
-            n -= 1
-            if n == 1:
-                break
-            if i:
-                ranks[i - 1] = rank_get((ids[i - 1], new), no_merge)
-            if i < n - 1:
-                ranks[i] = rank_get((new, ids[i + 1]), no_merge)
-        return tuple(ids)
-
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
@@ -282,13 +249,61 @@ class _PieceCache(dict):
     """pre-token -> ids; a miss runs BPE and stores the result. Lookups stay in C (dict.__getitem__),
     only misses call back into Python, so no separate pass is needed to find unseen pre-tokens."""
 
-    def __init__(self, bpe) -> None:
+    def __init__(self, bpe: Callable[[bytes], tuple[int, ...]]) -> None:
         super().__init__()
         self._bpe = bpe
 
     def __missing__(self, piece: str) -> tuple[int, ...]:
-        ids = self[piece] = self._bpe(piece)
+        ids = self[piece] = self._bpe(piece.encode("utf-8"))
         return ids
+
+
+def _bpe_function(
+    rank: dict[tuple[int, int], int],
+    merged_id: list[int],
+    byte_ids: list[int],
+    whole_tokens: dict[bytes, tuple[int]],
+) -> Callable[[bytes], tuple[int, ...]]:
+    """Returns bpe(data) -> ids: repeatedly merges the adjacent pair of lowest merge rank, leftmost first.
+
+    A closure over the tables, so the cold path (tens of thousands of first-seen pre-tokens per
+    worker) reads locals instead of attributes and runs in a single Python frame. Data that is a
+    token BPE rebuilds whole (`whole_tokens`, filled in after construction) is answered at once.
+    `ranks[i]` is the rank of the pair (ids[i], ids[i+1]); after a merge only the two pairs around
+    the new token change, so the min/index scans are the only work per merge (both in C).
+    """
+    rank_get = rank.get
+    whole_get = whole_tokens.get
+    no_merge = len(merged_id)
+    bytes_are_ids = byte_ids == list(range(256))
+
+    def bpe(data: bytes) -> tuple[int, ...]:
+        whole = whole_get(data)
+        if whole is not None:
+            return whole
+        ids = list(data) if bytes_are_ids else [byte_ids[c] for c in data]
+        n = len(ids)
+        if n == 1:
+            return tuple(ids)
+        ranks = list(map(rank_get, zip(ids, ids[1:], strict=False), repeat(no_merge)))
+        while True:
+            best = min(ranks)
+            if best == no_merge:
+                break
+            i = ranks.index(best)
+            new = ids[i] = merged_id[best]
+            del ids[i + 1]
+            del ranks[i]
+            n -= 1
+            if n == 1:
+                break
+            if i:
+                ranks[i - 1] = rank_get((ids[i - 1], new), no_merge)
+            if i < n - 1:
+                ranks[i] = rank_get((new, ids[i + 1]), no_merge)
+        return tuple(ids)
+
+    return bpe
 
 
 def _checked_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
