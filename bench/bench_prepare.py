@@ -8,6 +8,10 @@ text in one thread (the baseline), prepare_corpus with 1 worker, and with --work
 pipeline: chunking, tokenizing, writing train.bin/val.bin/meta.json, pool start-up included).
 The target is a ratio of at least 0.8 for the parallel run.
 
+The parallel run is timed in --rounds rounds, each right after a tiktoken run, and the ratio of each
+such pair is taken: the median of those paired ratios is the headline figure, since load from other
+processes that drifts over the run slows both members of a pair alike.
+
 On a shared machine the wall ratios say as much about the other load as about this code, so each row
 also gets a CPU-bound figure: the critical path if every process had a free core. For tiktoken and
 encode that is their CPU time; for prepare it is the busiest worker's CPU time plus all of the main
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +68,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="a saved tokenizer directory (default: train one on the input)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="tiktoken / parallel prepare pairs for the median paired ratio")
     args = parser.parse_args()
 
     from dist_llm.data.prepare import prepare_corpus
@@ -98,6 +105,13 @@ def main() -> None:
             build = meta["build"]
             critical = max(build["worker_cpu_seconds"]) + build["main_cpu_seconds"]
             rows.append((name, seconds, cpu, critical, tokens))
+        paired = []
+        for _ in range(args.rounds):
+            cold = Tokenizer(tok.vocab, tok.merges, [SEP])  # built outside the timing, cache empty
+            _, tik_round, _ = timed(lambda: enc.encode(text, allowed_special="all"))
+            _, prep_round, _ = timed(lambda t=cold: prepare_corpus(
+                [args.input], t, Path(tmp) / "paired", workers=args.workers, force=True, progress=False))
+            paired.append(tik_round / prep_round)
     # The same merges give the same tokens, except that prepare drops the newlines around separators.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{args.input}: {mb:.2f} MB, vocab {tok.vocab_size}, {os.cpu_count()} CPUs, "
@@ -108,6 +122,8 @@ def main() -> None:
     for name, seconds, cpu, critical, tokens in rows:
         print(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {tik_s / seconds:.2f}x | {cpu:.2f} "
               f"| {critical:.2f} | {tik_cpu / critical:.2f}x | {tokens:,} |")
+    print(f"\nprepare with {args.workers} workers / tiktoken, {args.rounds} paired rounds: median "
+          f"{statistics.median(paired):.2f}x (each round: {', '.join(f'{r:.2f}' for r in paired)})")
 
 
 if __name__ == "__main__":
