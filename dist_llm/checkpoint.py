@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from dist_llm.atomic_io import atomic_write, fsync_path
+from dist_llm.json_file import read_json
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
@@ -228,12 +229,7 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupted JSON ({e})") from None
+    return read_json(path, CheckpointError)  # a missing or corrupted file is a broken checkpoint
 
 
 def verify_checkpoint(path: str | Path) -> None:

@@ -13,7 +13,6 @@ checkpoint, and says so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import COMPLETE as COMPLETE_MARKER
 from dist_llm.checkpoint import CheckpointError, find_latest_checkpoint, verify_checkpoint
+from dist_llm.json_file import read_json
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.tokenizer import Tokenizer
 
@@ -104,12 +104,7 @@ def resolve_run(run_dir: str | Path) -> ModelSource:
 
 def read_model_config(model_dir: str | Path) -> ModelConfig:
     path = Path(model_dir) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PretrainedError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
-        raise PretrainedError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path, PretrainedError)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise PretrainedError(f'{path}: expected a JSON object with a "model" object holding the ModelConfig')
     try:

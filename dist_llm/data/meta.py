@@ -5,7 +5,6 @@ Shared by the writer (prepare.py) and the readers (memmap_tokens.py), so both ag
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data.sources import DataError
+from dist_llm.json_file import read_json
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
@@ -35,10 +35,7 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} not found: {data_dir} is not a prepared data directory (or its preparation "
                         "did not finish); run python -m dist_llm.data.prepare --input ... --out "
                         f"{data_dir} --tokenizer ...")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read meta.json ({e}); re-run python -m dist_llm.data.prepare") from e
+    meta = read_json(path, DataError, "; re-run python -m dist_llm.data.prepare")
     missing = [k for k in _REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise DataError(f"{path}: missing keys {missing}; re-run python -m dist_llm.data.prepare")

@@ -20,6 +20,7 @@ from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.export import hf_llama
 from dist_llm.export.hf_llama import UnsupportedModelError
 from dist_llm.export.hf_tokenizer import TokenizerNotConvertible, tokenizer_from_json, write_hf_tokenizer
+from dist_llm.json_file import read_json
 from dist_llm.pretrained import (
     ModelSource,
     load_tokenizer,
@@ -141,12 +142,7 @@ def import_hf(model_dir: str | Path, out_dir: str | Path) -> list[str]:
     """Write an HF Llama directory as a run directory (model.safetensors, config.json, tokenizer/)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config_path = model_dir / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UnsupportedModelError(f"{config_path}: not found (expected an HF model directory)") from None
-    except json.JSONDecodeError as e:
-        raise UnsupportedModelError(f"{config_path}: not valid JSON ({e})") from None
+    hf_config = read_json(config_path, UnsupportedModelError, " (expected an HF model directory)")
     cfg = hf_llama.from_hf_config(hf_config, str(config_path))
     tensors = _read_hf_weights(model_dir)
     _check_hf_tensors(tensors, model_dir)

@@ -10,12 +10,12 @@ the ids we gave them.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dist_llm.atomic_io import atomic_write_json
+from dist_llm.json_file import read_json
 from dist_llm.tokenizer import Tokenizer
 from dist_llm.tokenizer.files import bytes_to_unicode
 
@@ -142,10 +142,7 @@ def tokenizer_from_json(path: str | Path) -> Tokenizer:
     """
     path = Path(path)
     where = str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TokenizerNotConvertible(f"{where}: not valid JSON ({e})") from None
+    doc = read_json(path, TokenizerNotConvertible)
     model = doc.get("model") or {}
     _require(model.get("type") == "BPE", where, f"model type is {model.get('type')!r}, expected 'BPE'")
     normalizer = doc.get("normalizer")
