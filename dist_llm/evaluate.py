@@ -19,6 +19,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,15 @@ def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_windows(
-    model: TransformerLM, dataset: MemmapTokens, byte_lengths: torch.Tensor, *, batch_size: int,
-    rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32, progress: bool = False,
+def window_loss_sums(
+    model: torch.nn.Module, dataset: MemmapTokens, indices: np.ndarray, byte_lengths: torch.Tensor, *,
+    batch_size: int, device: torch.device, autocast: AbstractContextManager, progress: bool = False,
 ) -> dict[str, float]:  # fmt: skip
-    """Sums over this rank's share of windows: {'loss_sum' (nats), 'tokens', 'bytes', 'windows'}."""
-    device = torch.device(device)
-    indices = np.arange(rank, len(dataset), world_size, dtype=np.int64)
+    """Sums over the windows `indices` of `dataset`: {'loss_sum' (nats), 'tokens', 'bytes', 'windows'}.
+
+    The one evaluation loop: the trainer's periodic validation and this module's CLI both call it.
+    The model runs in eval mode under `autocast`; the loss is taken in float32. Its mode is restored.
+    """
     byte_lengths = byte_lengths.to(device)
     loss_sum, tokens, num_bytes = 0.0, 0, 0
     batches = range(0, len(indices), batch_size)
@@ -60,17 +62,32 @@ def evaluate_windows(
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr)
+    was_training = model.training
     model.eval()
     for start in batches:
         windows = torch.from_numpy(dataset.windows(indices[start : start + batch_size])).to(device)
         x, y = windows[:, :-1], windows[:, 1:]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
         loss_sum += loss.item()
         tokens += y.numel()
         num_bytes += int(byte_lengths[y].sum())
+    model.train(was_training)
     return {"loss_sum": loss_sum, "tokens": tokens, "bytes": num_bytes, "windows": len(indices)}
+
+
+def evaluate_windows(
+    model: TransformerLM, dataset: MemmapTokens, byte_lengths: torch.Tensor, *, batch_size: int,
+    rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32, progress: bool = False,
+) -> dict[str, float]:  # fmt: skip
+    """window_loss_sums over this rank's share of every window (r, r + world_size, ...)."""
+    device = torch.device(device)
+    indices = np.arange(rank, len(dataset), world_size, dtype=np.int64)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    return window_loss_sums(model, dataset, indices, byte_lengths, batch_size=batch_size, device=device,
+                            autocast=autocast, progress=progress)
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
