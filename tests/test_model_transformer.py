@@ -73,9 +73,8 @@ def test_bad_inputs_give_clear_errors():
         TransformerLM(**{**TINY, "d_model": 36, "num_heads": 4})
 
 
-def test_sdpa_path_equals_reference_outputs_and_gradients_in_float32():
-    ref, fast = _model(attn_impl="reference"), _model(attn_impl="sdpa")
-    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), fast.parameters(), strict=True))
+def _assert_same_logits_and_gradients(ref: TransformerLM, fast: TransformerLM) -> None:
+    """Same batch through both: logits equal, and the gradient of every parameter equal (fp32)."""
     ids = torch.randint(0, 97, (3, 24), device=DEVICE)
     targets = torch.randint(0, 97, (3, 24), device=DEVICE)
     out_ref, out_fast = ref(ids), fast(ids)
@@ -85,6 +84,12 @@ def test_sdpa_path_equals_reference_outputs_and_gradients_in_float32():
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
         # observed differences are ~1e-8 against gradients of ~1e-2
         torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sdpa_path_equals_reference_outputs_and_gradients_in_float32():
+    ref, fast = _model(attn_impl="reference"), _model(attn_impl="sdpa")
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), fast.parameters(), strict=True))
+    _assert_same_logits_and_gradients(ref, fast)
 
 
 def test_fused_ops_path_equals_reference_outputs_and_gradients_in_float32():
@@ -99,14 +104,7 @@ def test_fused_ops_path_equals_reference_outputs_and_gradients_in_float32():
             for name, p in model.named_parameters():
                 if name.endswith(("ln1.weight", "ln2.weight", "ln_final.weight")):
                     p.copy_(torch.linspace(0.5, 1.5, p.numel()))
-    ids = torch.randint(0, 97, (3, 24), device=DEVICE)
-    targets = torch.randint(0, 97, (3, 24), device=DEVICE)
-    out_ref, out_fast = ref(ids), fast(ids)
-    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
-    cross_entropy(out_ref, targets).backward()
-    cross_entropy(out_fast, targets).backward()
-    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+    _assert_same_logits_and_gradients(ref, fast)
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
