@@ -105,13 +105,15 @@ def main() -> None:
             build = meta["build"]
             critical = max(build["worker_cpu_seconds"]) + build["main_cpu_seconds"]
             rows.append((name, seconds, cpu, critical, tokens))
-        paired = []
+        paired, rounds = [], []
         for _ in range(args.rounds):
             cold = Tokenizer(tok.vocab, tok.merges, [SEP])  # built outside the timing, cache empty
             _, tik_round, _ = timed(lambda: enc.encode(text, allowed_special="all"))
-            _, prep_round, _ = timed(lambda t=cold: prepare_corpus(
+            meta, prep_round, _ = timed(lambda t=cold: prepare_corpus(
                 [args.input], t, Path(tmp) / "paired", workers=args.workers, force=True, progress=False))
             paired.append(tik_round / prep_round)
+            rounds.append(f"tiktoken {tik_round:.2f} s, prepare {prep_round:.2f} s "
+                          f"(worker CPU s {meta['build']['worker_cpu_seconds']})")
     # The same merges give the same tokens, except that prepare drops the newlines around separators.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{args.input}: {mb:.2f} MB, vocab {tok.vocab_size}, {os.cpu_count()} CPUs, "
@@ -124,6 +126,7 @@ def main() -> None:
               f"| {critical:.2f} | {tik_cpu / critical:.2f}x | {tokens:,} |")
     print(f"\nprepare with {args.workers} workers / tiktoken, {args.rounds} paired rounds: median "
           f"{statistics.median(paired):.2f}x (each round: {', '.join(f'{r:.2f}' for r in paired)})")
+    print("\n".join(f"  round {i}: {line}" for i, line in enumerate(rounds)))
 
 
 if __name__ == "__main__":
