@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -129,3 +130,25 @@ def test_trainer_optimizer_decays_matrices_only_and_matches_reference(impl):
             o.zero_grad()
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resumed_optimizer_keeps_this_runs_kernel():
+    """A state saved by a foreach AdamW, loaded into the trainer's fused one, keeps it fused and
+    continues exactly as the foreach optimizer would."""
+    from dist_llm.training.state import load_optimizer_state
+
+    saved_params, live_params = _make_params(0), _make_params(0)
+    saved_opt = _run(torch.optim.AdamW, saved_params, steps=3, lr=1e-2, foreach=True)
+    live_opt = torch.optim.AdamW(live_params, lr=1e-2, fused=True)
+    with torch.no_grad():
+        for live, saved in zip(live_params, saved_params, strict=True):
+            live.copy_(saved)
+    # deepcopy: as if read from a checkpoint file (load_state_dict may keep the very same tensors)
+    load_optimizer_state(live_opt, copy.deepcopy(saved_opt.state_dict()), "step_3")
+    assert live_opt.param_groups[0]["fused"] is True and not live_opt.param_groups[0]["foreach"]
+    for opt, params in ((saved_opt, saved_params), (live_opt, live_params)):
+        for p in params[:2]:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    for live, saved in zip(live_params, saved_params, strict=True):
+        torch.testing.assert_close(live, saved)

@@ -98,6 +98,19 @@ def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optim
     return path
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: str | Path) -> None:
+    """Load a saved optimizer state; the kernel flags (fused, foreach, ...) stay this run's, so a
+    checkpoint written by another kernel or device (foreach on an older run, fused on CUDA) resumes
+    with the kernel this process chose, instead of silently switching to the saved one."""
+    live = [{k: g[k] for k in _LIVE_GROUP_KEYS if k in g} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit this optimizer ({e})") from None
+    for group, flags in zip(optimizer.param_groups, live, strict=True):
+        group.update(flags)
+
+
 def restore_training_state(loaded: LoadedCheckpoint, cfg: RunConfig, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any,
                            tokenizer_fingerprint: str, rank: int) -> dict[str, Any]:
@@ -111,13 +124,7 @@ def restore_training_state(loaded: LoadedCheckpoint, cfg: RunConfig, model: torc
     load_model_state(model, loaded.model_state, loaded.path)
     if loaded.optimizer_state is None:
         raise CheckpointError(f"{loaded.path}: has no optimizer state")
-    live = [{k: g[k] for k in _LIVE_GROUP_KEYS if k in g} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(loaded.optimizer_state)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{loaded.path}: optimizer state does not fit this optimizer ({e})") from None
-    for group, flags in zip(optimizer.param_groups, live, strict=True):
-        group.update(flags)
+    load_optimizer_state(optimizer, loaded.optimizer_state, loaded.path)
     if state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])
     loader.load_state_dict(state["loader"])
