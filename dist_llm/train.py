@@ -9,6 +9,13 @@ The parts it composes live in dist_llm/training/ and the component packages.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Before the imports below, which take seconds (torch): a stop signal from SLURM or torchrun that
+    # arrives meanwhile is kept, and main() honours it, instead of the process dying mid-import.
+    from dist_llm.training.signals import catch_stop_signals_early
+
+    catch_stop_signals_early()
+
 import contextlib
 import dataclasses
 import json

@@ -56,3 +56,50 @@ def test_signal_during_data_preparation_stops_at_the_first_step(tmp_path: Path) 
     events = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" in r]
     assert events == [{"event": "stop_signal", "step": 1, "signal": "SIGUSR1"}]
     assert (run_dir / "loss.png").is_file()  # the plot reads past the event line
+
+
+def test_early_handlers_are_taken_over_by_the_next_stop_request() -> None:
+    """catch_stop_signals_early keeps a signal that arrives before main(); the StopRequest entered
+    next reports it, and on exit puts back the dispositions that were there before the early ones."""
+    import dist_llm.training.signals as signals
+
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    signals.catch_stop_signals_early()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end the process without a handler
+        with StopRequest() as stop:
+            assert stop.received == "SIGUSR1"
+            assert signal.getsignal(signal.SIGUSR1) == stop._handle
+            assert not signals._early and len(signals._installed) == 1
+    finally:
+        signals._early.clear()  # only if the take-over failed: keep other tests unaffected
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+_PROBE = """
+import importlib.abc, runpy, signal, sys
+seen = []
+class TorchImportProbe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL)
+        return None
+sys.meta_path.insert(0, TorchImportProbe())
+sys.argv = ["dist_llm.train", "--help"]
+try:
+    runpy.run_module("dist_llm.train", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print("handler installed when torch was first imported:", seen)
+"""
+
+
+def test_trainer_installs_stop_handlers_before_importing_torch() -> None:
+    """`python -m dist_llm.train` catches SIGUSR1 before `import torch` starts (seconds of imports
+    during which a preemption signal used to kill the process)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "handler installed when torch was first imported: [True]" in proc.stdout, proc.stdout

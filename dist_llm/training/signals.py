@@ -5,9 +5,11 @@ built on top only needs this process to leave a fresh checkpoint and exit cleanl
 a flag (doing real work inside a signal handler is unsafe); ranks agree on it with one all-reduce, so
 every rank stops after the same step.
 
-The handlers are installed at the very start of the trainer's main(), so a signal that arrives during
-imports, process-group setup, data preparation or the first evaluation is remembered and honoured at
-the first step boundary (before, it killed the process, or was lost where the launcher ignores it).
+The handlers are installed before the trainer imports torch (catch_stop_signals_early, taken over by
+the StopRequest of main()), so a signal that arrives during imports, process-group setup, data
+preparation or the first evaluation is remembered and honoured at the first step boundary (before,
+it killed the process, or was lost where the launcher ignores it). Only the interpreter's own
+start-up, before the first line of dist_llm/train.py, is left uncovered.
 Worker processes forked meanwhile (the tokenizer's and the corpus preparation's pools) get the previous
 dispositions back through a fork hook: a pool stops its workers with SIGTERM, and a worker that only
 set a flag would never exit. Spawned workers start a fresh interpreter and have the defaults anyway.
@@ -24,6 +26,7 @@ from types import FrameType, TracebackType
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 _installed: list[StopRequest] = []  # the requests whose handlers are live in this process
+_early: list[StopRequest] = []  # at most one: installed by catch_stop_signals_early, not yet taken over
 
 
 def _restore_in_forked_child() -> None:
@@ -35,6 +38,14 @@ def _restore_in_forked_child() -> None:
 
 
 os.register_at_fork(after_in_child=_restore_in_forked_child)
+
+
+def catch_stop_signals_early() -> None:
+    """Install the stop handlers now, before slow imports (torch takes seconds to import), so that a
+    stop signal arriving meanwhile is kept instead of killing the process. The next StopRequest
+    entered in this process takes over what was caught. Imports only the standard library."""
+    if not _early and threading.current_thread() is threading.main_thread():
+        _early.append(StopRequest().__enter__())
 
 
 class StopRequest:
@@ -53,6 +64,13 @@ class StopRequest:
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
             _installed.append(self)
+            if _early and _early[0] is not self:
+                # Take over from the early handlers (now replaced by ours, with no gap between):
+                # the signal they caught, and the dispositions they replaced, which __exit__ restores.
+                early = _early.pop()
+                self.received = self.received or early.received
+                self._previous.update(early._previous)
+                _installed.remove(early)
         return self
 
     def _restore_previous(self) -> None:
