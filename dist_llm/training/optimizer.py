@@ -29,9 +29,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.dev
 def adamw_kernel(device: torch.device) -> dict[str, bool]:
     """Keyword arguments that pick torch.optim.AdamW's kernel for parameters on `device`.
 
-    Fused (one pass over each parameter, no temporaries) on CUDA and CPU, where torch has that kernel:
-    on CPU it is about 1.6x faster than foreach, which matters because the untied lm_head and the
-    embedding are a quarter of a small model's parameters. foreach (batched ops) elsewhere, e.g. MPS.
+    Fused (one pass over each parameter, no temporaries) on CUDA and CPU, where torch has that kernel;
+    on CPU that matters because the untied lm_head and the embedding are a quarter of a small model's
+    parameters (bench/bench_model.py measures the whole step). foreach (batched ops) elsewhere, e.g. MPS.
     """
     if device.type == "cuda" or (device.type == "cpu" and _fused_adamw_on_cpu()):
         return {"fused": True}
