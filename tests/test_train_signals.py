@@ -72,7 +72,8 @@ def test_early_handlers_are_taken_over_by_the_next_stop_request() -> None:
             assert signal.getsignal(signal.SIGUSR1) == stop._handle
             assert not signals._early and len(signals._installed) == 1
     finally:
-        signals._early.clear()  # only if the take-over failed: keep other tests unaffected
+        while signals._early:  # only if the take-over failed: put the handlers back for other tests
+            signals._early.pop().__exit__(None, None, None)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
