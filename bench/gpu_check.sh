@@ -8,6 +8,8 @@
 #      bf16 and fp16 autocast, torch.compile and generation all run on the GPU);
 #   2. the training-step benchmark on the GPT-2-small config in bf16, eager;
 #   3. the same, torch.compile'd;
+#   4. the single-process trainer tests on the GPU (end to end, exact resume, gradient accumulation);
+#   5. `python -m dist_llm.train` on the built-in corpus in fp16 (gradient scaler) and in bf16 compiled;
 # then a summary: each step's status and time, and the benchmark tables.
 # On a CPU-only machine it says so, runs a quick CPU sanity check and exits with its status (0 if fine).
 # Every step has its own timeout; a failing step does not stop the later ones; the exit code is
@@ -71,6 +73,16 @@ else
         --dtype bf16 --steps 10 --rounds 2 --warmup 2
     run_step bench-bf16-compile 240 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
         --dtype bf16 --compile --steps 10 --rounds 2 --warmup 3
+    run_step cuda-train-tests 150 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
+        tests/test_train_e2e.py::test_default_command_end_to_end \
+        tests/test_train_resume.py::test_exact_resume_single_process \
+        tests/test_train_equivalence.py::test_accumulation_of_four_micro_batches_equals_one_batch
+    TRAIN_ARGS=(--dist.device=cuda --train.max_steps=40 --eval.interval=20 --log.progress_bar=false
+                --run.cache_dir="$LOG_DIR/data_cache")
+    run_step train-fp16 120 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" --run.dir="$LOG_DIR/run_fp16" \
+        --train.precision=fp16
+    run_step train-bf16-compile 150 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" \
+        --run.dir="$LOG_DIR/run_bf16" --train.precision=bf16 --train.compile=true
 fi
 
 echo
@@ -83,6 +95,12 @@ for log in "$LOG_DIR"/bench-*.log "$LOG_DIR"/cpu-bench-*.log; do
     echo
     echo "$(basename "$log" .log):"
     grep -E '^(device:|measured|matmul peak|\||.*ours / nanoGPT|peak GPU)' "$log" || echo "(no table: see $log)"
+done
+for log in "$LOG_DIR"/train-*.log; do
+    [ -f "$log" ] || continue
+    echo
+    echo "$(basename "$log" .log):"
+    grep -E '^(dist_llm.train:|step [0-9]+: val_loss)' "$log" || echo "(no evaluations: see $log)"
 done
 echo
 if [ "$FAILED" -ne 0 ]; then

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
+
+# bench/gpu_check.sh sets this to "cuda" to run the single-process trainer tests on a GPU.
+TEST_DEVICE = os.environ.get("DIST_LLM_TEST_DEVICE", "cpu")
 
 WORDS = ["the", "cat", "dog", "bird", "sees", "likes", "finds", "a", "small", "big", "red", "blue", "house",
          "tree", "river", "runs", "sleeps", "and", "with", "under", "over", "quickly", "slowly", "green",
@@ -35,7 +39,8 @@ def tiny_train_args(tiny_data: dict[str, Path], run_dir: Path, *extra: str) -> l
         "--model.d_ff=64", "--train.micro_batch_size=4", "--train.global_batch_tokens=256",
         "--train.max_steps=8", "--optim.warmup_steps=2", "--optim.max_lr=3e-3", "--eval.interval=4",
         "--eval.num_windows=8", "--eval.batch_size=4", "--eval.sample_tokens=8", "--log.interval=1",
-        "--log.progress_bar=false", "--tokenizer.num_workers=1", "--data.num_workers=1", *extra,
+        "--log.progress_bar=false", "--tokenizer.num_workers=1", "--data.num_workers=1",
+        f"--dist.device={TEST_DEVICE}", *extra,
     ]
 
 
