@@ -118,6 +118,11 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         label = f"dist_llm, fused_ops={other.fused_ops} (info)"
         runners.append(Runner(label, TransformerLM.from_config(other, device=device), _training_loss, args,
                               device, dtype))  # fmt: skip
+    if args.with_unpadded_head:  # information only: the head without its CUDA row padding
+        unpadded = TransformerLM.from_config(cfg, device=device)
+        unpadded.logits_row_multiple = 1
+        runners.append(Runner("dist_llm, head not padded (info)", unpadded, _training_loss, args, device,
+                              dtype))  # fmt: skip
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
     for runner in runners:  # warmup (includes compilation)
@@ -182,6 +187,9 @@ def main() -> None:
                         help="also time our model with lm_head tied to the embedding (information only)")
     parser.add_argument("--with-other-path", action="store_true",
                         help="also time our model with the other --fused-ops setting (information only)")
+    parser.add_argument("--with-unpadded-head", action="store_true",
+                        help="also time our model without the head's row padding on CUDA (information "
+                             "only; see TransformerLM.logits_row_multiple)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per model")

@@ -47,6 +47,8 @@ def device_self_times(prof: torch.profiler.profile, on_gpu: bool) -> dict[str, f
         if on_gpu:
             if "CUDA" not in str(getattr(event, "device_type", "")):
                 continue  # a CPU-side op; its kernels are listed on their own
+            if "#" in event.key:
+                continue  # a GPU-side annotation such as "Optimizer.step#AdamW.step": spans kernels
             us = getattr(event, "self_device_time_total", None)
             if us is None:  # torch < 2.4 names it after CUDA
                 us = event.self_cuda_time_total

@@ -107,6 +107,19 @@ def test_fused_ops_path_equals_reference_outputs_and_gradients_in_float32():
     _assert_same_logits_and_gradients(ref, fast)
 
 
+def test_padded_head_gives_the_same_logits_and_gradients():
+    """The head's row padding (on by default on CUDA only) is forced on here, on any test device: the
+    logits are a view into 128 padded columns (97 -> 128), with the same values and gradients."""
+    plain, padded = _model(), _model()
+    plain.logits_row_multiple = 1
+    padded.pad_logits_on = (DEVICE.type,)
+    ids = torch.randint(0, 97, (2, 24), device=DEVICE)
+    out = padded(ids)
+    assert out.shape == (2, 24, 97) and out.stride(-2) == 128  # the padded path ran
+    assert plain(ids).stride(-2) == 97
+    _assert_same_logits_and_gradients(plain, padded)
+
+
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
 @pytest.mark.parametrize("attn_impl, fused_ops", [("sdpa", True), ("reference", False)])
 def test_autocast_runs_and_is_close(dtype, attn_impl, fused_ops):

@@ -49,6 +49,17 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
+    # On CUDA the head multiplies by its weight padded with zero rows to a multiple of this many rows and
+    # returns a view of the first vocab_size columns of the logits: the same logits and gradients, the
+    # parameters unchanged. With an odd vocabulary (GPT-2's 50,257) the logits' rows would not start on
+    # 16-byte boundaries, and the tensor-core GEMMs, the largest of the model, would pay for that (or
+    # inductor would pad a copy of the tokens x vocab gradient each step). nanoGPT pads the vocabulary
+    # itself (50,304) instead, which changes the parameter shapes. 1 turns this off (bench_model.py
+    # --with-unpadded-head times that). Only on the device types in pad_logits_on: on a CPU alignment
+    # buys nothing and the padding would be a copy for nothing.
+    logits_row_multiple = 64
+    pad_logits_on: tuple[str, ...] = ("cuda",)
+
     def __init__(
         self,
         vocab_size: int,
@@ -111,7 +122,15 @@ class TransformerLM(nn.Module):
                 x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
         if kv_cache is not None:
             kv_cache.length = start + seq_len
-        return self.lm_head(self.ln_final(x))
+        return self._vocab_logits(self.ln_final(x))
+
+    def _vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
+        weight = self.lm_head.weight
+        pad = -weight.shape[0] % self.logits_row_multiple
+        if pad == 0 or weight.device.type not in self.pad_logits_on:
+            return self.lm_head(h)
+        padded = torch.nn.functional.pad(weight, (0, 0, 0, pad))  # zero rows: logits nobody reads
+        return (h @ padded.T)[..., : weight.shape[0]]
 
     def _check_token_ids(self, token_ids: torch.Tensor) -> None:
         # Reading min/max back to Python forces a device->host sync, which stalls a GPU training step.
