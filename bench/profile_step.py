@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (fp32: none)")
     parser.add_argument("--compile", action="store_true", help="torch.compile forward+loss")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step")
-    parser.add_argument("--steps", type=int, default=5, help="steps timed, then steps profiled")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed round, and steps profiled")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds before profiling (best kept)")
+    parser.add_argument("--no-profile", action="store_true", help="only time the step")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="kernels listed individually")
     args = parser.parse_args()
@@ -91,8 +93,18 @@ def main() -> None:
     x, y = data[:, :-1], data[:, 1:]
     for _ in range(args.warmup):
         runner.step(x, y)
-    runner.timed_round(x, y, args.steps)
-    step_ms = runner.round_times[-1] * 1e3
+    for _ in range(args.rounds):
+        runner.timed_round(x, y, args.steps)
+    step_ms = min(runner.round_times) * 1e3
+    tokens = batch * cfg.context_length
+    flops = model.flops_per_token() * tokens
+    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
+    print(f"{name} | {where} | torch {torch.__version__} | dtype {args.dtype} | compile {args.compile} | "
+          f"batch {batch}x{cfg.context_length}")
+    print(f"step: {step_ms:.2f} ms unprofiled, best of {args.rounds} rounds of {args.steps} "
+          f"({tokens / step_ms * 1e3:,.0f} tokens/s, {flops / step_ms / 1e9:.1f} TFLOP/s)")  # fmt: skip
+    if args.no_profile:
+        return
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_gpu:
@@ -107,14 +119,7 @@ def main() -> None:
     if total <= 0:
         raise SystemExit("the profiler recorded no kernel time; nothing to report")
 
-    tokens = batch * cfg.context_length
-    flops = model.flops_per_token() * tokens
-    where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    print(f"{name} | {where} | torch {torch.__version__} | dtype {args.dtype} | compile {args.compile} | "
-          f"batch {batch}x{cfg.context_length}")
-    print(f"step: {step_ms:.2f} ms unprofiled ({tokens / step_ms * 1e3:,.0f} tokens/s, "
-          f"{flops / step_ms / 1e9:.1f} TFLOP/s); profiled {'kernel' if on_gpu else 'op'} time per step "
-          f"{total / args.steps / 1e3:.2f} ms")  # fmt: skip
+    print(f"profiled {'kernel' if on_gpu else 'op'} time per step: {total / args.steps / 1e3:.2f} ms")
     by_kind: dict[str, float] = defaultdict(float)
     for key, us in times.items():
         by_kind[kind_of(key)] += us
