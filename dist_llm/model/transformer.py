@@ -55,8 +55,8 @@ class TransformerLM(nn.Module):
     # 16-byte boundaries, and the tensor-core GEMMs, the largest of the model, would pay for that (or
     # inductor would pad a copy of the tokens x vocab gradient each step). nanoGPT pads the vocabulary
     # itself (50,304) instead, which changes the parameter shapes. 1 turns this off (bench_model.py
-    # --with-unpadded-head times that). Only on the device types in pad_logits_on: on a CPU alignment
-    # buys nothing and the padding would be a copy for nothing.
+    # --with-unpadded-head times that). Only on the device types in pad_logits_on: CUDA, where it was
+    # measured to help (README, Model); on a CPU it would be an extra weight copy per step, unmeasured.
     logits_row_multiple = 64
     pad_logits_on: tuple[str, ...] = ("cuda",)
 
