@@ -122,12 +122,14 @@ class TransformerLM(nn.Module):
                 x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
         if kv_cache is not None:
             kv_cache.length = start + seq_len
-        return self._vocab_logits(self.ln_final(x))
+        # Not while decoding with a cache: for a row or two of logits per step the padded copy of the
+        # whole weight would cost more than the aligned GEMM saves.
+        return self._vocab_logits(self.ln_final(x), may_pad=kv_cache is None)
 
-    def _vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _vocab_logits(self, h: torch.Tensor, may_pad: bool = True) -> torch.Tensor:
         weight = self.lm_head.weight
         pad = -weight.shape[0] % self.logits_row_multiple
-        if pad == 0 or weight.device.type not in self.pad_logits_on:
+        if not may_pad or pad == 0 or weight.device.type not in self.pad_logits_on:
             return self.lm_head(h)
         padded = torch.nn.functional.pad(weight, (0, 0, 0, pad))  # zero rows: logits nobody reads
         return (h @ padded.T)[..., : weight.shape[0]]
