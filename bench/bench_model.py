@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: s
 from nanogpt_style import NanoGPTStyleLM  # noqa: E402
 from peak_flops import datasheet_peak, measured_matmul_peak  # noqa: E402
 
+from dist_llm.devices import resolve_device  # noqa: E402
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
 from dist_llm.optim import AdamW  # noqa: E402
 from dist_llm.training.optimizer import adamw_kernel  # noqa: E402
@@ -58,6 +59,14 @@ DEFAULT_BATCH = {
 }
 PEAK_SAMPLES: list[float] = []  # matmul peaks sampled between timed rounds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bench_device(requested: str) -> torch.device:
+    """--device: "auto" is CUDA if present, else CPU (DEFAULT_BATCH is sized for these two); an explicit
+    device must exist (dist_llm.devices.resolve_device raises ValueError otherwise)."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(requested)
 
 
 def _sync(device: torch.device) -> None:
@@ -199,11 +208,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
+    try:
+        device = bench_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     on_gpu = device.type == "cuda"
     names = (args.config or ("gpt2-small" if on_gpu else "tiny,tinystories")).split(",")
     for name in names:
@@ -212,10 +220,7 @@ def main() -> None:
     args.steps = args.steps or (10 if on_gpu else None)  # None: sized per config, see _steps_per_round
     args.rounds = args.rounds or (3 if on_gpu else 7)
     args.warmup = args.warmup or (3 if on_gpu else 1)
-    dtype = DTYPES[args.dtype]
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 tensor cores, as trainers do
-        torch.backends.cudnn.allow_tf32 = True
+    dtype = DTYPES[args.dtype]  # fp32 on a GPU stays fp32 (no TF32), as dist_llm.train runs it
 
     peak = measured_matmul_peak(device, dtype)
     sheet = datasheet_peak(device, dtype)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: sibling bench modules
-from bench_model import CONFIGS, DEFAULT_BATCH, DTYPES, Runner, _training_loss  # noqa: E402
+from bench_model import CONFIGS, DEFAULT_BATCH, DTYPES, Runner, _training_loss, bench_device  # noqa: E402
 
 from dist_llm.model import TransformerLM  # noqa: E402
 
@@ -78,11 +78,11 @@ def main() -> None:
     args = parser.parse_args()
     args.optim = "torch"  # what Runner reads: torch's AdamW with the trainer's kernel choice
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    try:
+        device = bench_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     on_gpu = device.type == "cuda"
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
     name = args.config or ("gpt2-small" if on_gpu else "tiny")
     cfg = CONFIGS[name]
     batch = args.batch_size or DEFAULT_BATCH[device.type][name]
