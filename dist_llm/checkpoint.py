@@ -31,6 +31,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from dist_llm.atomic_io import atomic_write, fsync_path
 from dist_llm.json_file import read_json
+from dist_llm.model.config import architecture_differences
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
@@ -281,10 +282,10 @@ def read_checkpoint(path: str | Path, optimizer: torch.optim.Optimizer | None = 
 
 
 def check_model_config(saved: dict[str, Any], current: dict[str, Any], source: str | Path) -> None:
-    """A checkpoint's model must match the run's; name every differing key."""
-    keys = sorted(set(saved) | set(current))
-    diffs = [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs run {current.get(k, '<absent>')!r}"
-             for k in keys if saved.get(k) != current.get(k)]
+    """A checkpoint's model must be the run's (implementation switches such as attn_impl may differ);
+    name every differing key."""
+    diffs = [f"{k}: checkpoint {theirs!r} vs run {ours!r}"
+             for k, theirs, ours in architecture_differences(saved, current)]
     if diffs:
         raise CheckpointError(f"{source}: model config differs from this run's: " + "; ".join(diffs))
 

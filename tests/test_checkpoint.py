@@ -171,6 +171,21 @@ def test_model_config_mismatch_names_keys():
         ckpt.check_model_config({"d_model": 64, "num_heads": 4}, {"d_model": 128, "num_heads": 8}, "ckpt")
 
 
+def test_model_config_check_ignores_implementation_keys_and_fills_absent_defaults():
+    from dist_llm.model import ModelConfig
+
+    run = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
+    run = run.to_dict()
+    older = {k: v for k, v in run.items() if k not in ("fused_ops", "norm_eps")}  # saved before those keys
+    ckpt.check_model_config(older, run, "old_ckpt")
+    other_kernels = {**run, "attn_impl": "reference", "fused_ops": False}  # same weights, other code path
+    ckpt.check_model_config(other_kernels, run, "ckpt")
+    with pytest.raises(CheckpointError, match=r"norm_eps: checkpoint 1e-06 vs run 1e-05"):
+        ckpt.check_model_config({**older, "norm_eps": 1e-6}, run, "ckpt")
+    with pytest.raises(CheckpointError, match=r"vocab_size: checkpoint '<absent>' vs run 64"):
+        ckpt.check_model_config({k: v for k, v in run.items() if k != "vocab_size"}, run, "ckpt")
+
+
 def test_optimizer_state_split_join_is_lossless():
     model, opt = _fresh()
     _train_steps(model, opt, 2)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTN_IMPLS = ("sdpa", "reference")
+# Keys that choose how the model is computed, not what it computes: the same weights fit either way.
+IMPLEMENTATION_KEYS = ("attn_impl", "fused_ops")
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"  # "sdpa" (fused torch kernel, default) or "reference" (from-scratch softmax)
     # True: embedding, RMSNorm, SiLU, RoPE through torch's kernels (F.embedding, F.rms_norm, F.silu, a
-    # complex multiply),
-    # the same math in fewer passes over memory; False: the from-scratch formulas in layers.py / rope.py.
+    # complex multiply), the same math in fewer passes over memory; False: the from-scratch formulas in
+    # layers.py / rope.py.
     fused_ops: bool = True
 
     def __post_init__(self) -> None:
@@ -75,3 +77,20 @@ class ModelConfig:
         if missing:
             raise ValueError(f"ModelConfig is missing required key(s) {missing}")
         return cls(**d)
+
+
+def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, a's value, b's value) for every key where two ModelConfig dicts describe different models.
+
+    IMPLEMENTATION_KEYS are not compared. A key absent from one side counts as its ModelConfig default:
+    a config saved before that key existed was made with the behaviour the default keeps. A key absent
+    without a default shows as '<absent>'.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                if f.default is not dataclasses.MISSING}
+
+    def value(d: dict[str, Any], key: str) -> Any:
+        return d[key] if key in d else defaults.get(key, "<absent>")
+
+    keys = sorted((set(a) | set(b)) - set(IMPLEMENTATION_KEYS))
+    return [(k, value(a, k), value(b, k)) for k in keys if value(a, k) != value(b, k)]

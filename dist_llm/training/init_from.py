@@ -18,9 +18,7 @@ from typing import Any
 import torch
 
 from dist_llm.config import ConfigError, RunConfig
-
-# Keys of the model section that may differ from the source: they change how, not what, is computed.
-_IMPLEMENTATION_KEYS = ("attn_impl", "fused_ops")
+from dist_llm.model.config import architecture_differences
 
 
 def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
@@ -39,12 +37,8 @@ def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
     if Path(source.model_dir).resolve().is_relative_to(run_dir):
         raise ConfigError(f"'run.init_from' ({cfg.run.init_from}) is inside 'run.dir' ({cfg.run.dir}), whose "
                           "previous outputs a fresh start moves aside; give the new run another run.dir")
-    # Only the keys the run's model section has: a key the source's ModelConfig adds beyond them cannot
-    # be set here, and a default the section lacks is the same on both sides.
-    current = dataclasses.asdict(cfg.model)
-    diffs = [f"model.{k}: {saved.get(k, '<absent>')!r} in {source.model_dir} vs "
-             f"{current[k]!r} in this run" for k in sorted(current)
-             if k not in _IMPLEMENTATION_KEYS and saved.get(k) != current.get(k)]
+    diffs = [f"model.{k}: {theirs!r} in {source.model_dir} vs {ours!r} in this run"
+             for k, theirs, ours in architecture_differences(saved, dataclasses.asdict(cfg.model))]
     if diffs:
         raise ConfigError(f"'run.init_from': the model in {source.model_dir} differs from this run's model "
                           f"section: {'; '.join(diffs)}. Set those keys to the source's values")
