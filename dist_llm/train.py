@@ -136,7 +136,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         # ---- resume: every rank loads the chosen checkpoint
         step, counters = 0, {"tokens": 0, "time_s": 0.0, "nonfinite_skipped": 0}
         if chosen:
-            state = restore_training_state(read_checkpoint(chosen, optimizer), cfg, model, optimizer, scaler,
+            state = restore_training_state(read_checkpoint(chosen, optimizer), model, optimizer, scaler,
                                            loader, tokenizer.fingerprint, ctx.rank)
             step = state["step"]
             counters = {k: state.get(k, v) for k, v in counters.items()}
@@ -270,7 +270,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             periodic = cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0
             if periodic or stop_reason or step == plan.total_steps:
                 counters["time_s"] = time.perf_counter() - run_start
-                schedule = {"step": step, "last_lr": lr, "warmup_steps": cfg.optim.warmup_steps,
+                schedule = {"last_lr": lr, "warmup_steps": cfg.optim.warmup_steps,
                             "decay_steps": plan.decay_steps}
                 path = save_training_state(cfg, step, model, optimizer, scaler, loader, counters,
                                            tokenizer.fingerprint, schedule)

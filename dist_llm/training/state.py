@@ -9,7 +9,6 @@ fingerprint.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from dist_llm.checkpoint import (
     write_checkpoint,
 )
 from dist_llm.config import RunConfig
+from dist_llm.json_file import read_json
 from dist_llm.rng import capture_rng_state, restore_rng_state
 
 # Per-process execution choices, not state: they must follow this run's optimizer, not the saved one.
@@ -62,7 +62,7 @@ def choose_checkpoint(cfg: RunConfig, say: Callable[[str], None]) -> str | None:
                                   "is usable")
         say(f"resume: no checkpoint in {root}; starting from scratch")
         return None
-    saved = json.loads((chosen / CONFIG).read_text(encoding="utf-8"))
+    saved = read_json(chosen / CONFIG, CheckpointError)
     check_model_config(saved.get("model", {}), dataclasses.asdict(cfg.model), chosen)
     return str(chosen)
 
@@ -82,8 +82,7 @@ def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optim
         trainer_state = {
             "step": step,
             **counters,
-            "loader": loader.state_dict(),
-            "epoch": loader.epoch,
+            "loader": loader.state_dict(),  # holds the epoch too
             "lr_schedule": lr_schedule,
             "grad_scaler": scaler.state_dict(),
             "rng": rng_states,
@@ -111,11 +110,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
         group.update(flags)
 
 
-def restore_training_state(loaded: LoadedCheckpoint, cfg: RunConfig, model: torch.nn.Module,
+def restore_training_state(loaded: LoadedCheckpoint, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any,
                            tokenizer_fingerprint: str, rank: int) -> dict[str, Any]:
-    """Load a checkpoint into the live objects (after checking it belongs to this run); return its state."""
-    check_model_config(loaded.config.get("model", {}), dataclasses.asdict(cfg.model), loaded.path)
+    """Load a checkpoint chosen by choose_checkpoint (which checked its model config) into the live
+    objects, after checking its tokenizer; return its trainer state."""
     state = loaded.trainer_state
     if state.get("tokenizer_fingerprint") != tokenizer_fingerprint:
         raise CheckpointError(f"{loaded.path}: was trained with another tokenizer (fingerprint "
