@@ -18,5 +18,7 @@ def read_json(path: str | Path, error: type[Exception], hint: str = "") -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: not found{hint}") from None
+    except OSError as e:  # unreadable: permissions, a directory where a file should be, an I/O error
+        raise error(f"{path}: cannot read ({e.strerror or e}){hint}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e}){hint}") from None
