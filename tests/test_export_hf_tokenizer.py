@@ -11,11 +11,11 @@ from after_training_runs import END_OF_TEXT, train_tiny_tokenizer  # noqa: E402
 
 from dist_llm.export.hf_tokenizer import (  # noqa: E402
     TokenizerNotConvertible,
-    byte_to_unicode,
     tokenizer_from_json,
     write_hf_tokenizer,
 )
 from dist_llm.tokenizer import Tokenizer  # noqa: E402
+from dist_llm.tokenizer.files import bytes_to_unicode  # noqa: E402
 
 USER_TURN = "<|user turn|>"  # a special token with a space in it: stored literally, not byte-spelled
 
@@ -76,7 +76,7 @@ def test_special_tokens_keep_their_ids(tokenizers):
 
 
 def test_vocab_is_byte_spelled_like_gpt2(tokenizers):
-    table = byte_to_unicode()
+    table = bytes_to_unicode()
     assert len(set(table.values())) == 256
     assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
     ours, _, hf_dir = tokenizers

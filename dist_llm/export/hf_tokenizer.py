@@ -17,25 +17,20 @@ from typing import Any
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.json_file import read_json
 from dist_llm.tokenizer import Tokenizer
-from dist_llm.tokenizer.files import bytes_to_unicode
+from dist_llm.tokenizer.files import bytes_to_unicode  # GPT-2's byte -> printable character table
 
 
 class TokenizerNotConvertible(ValueError):
     """A tokenizer.json whose behaviour our Tokenizer cannot reproduce exactly."""
 
 
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the one dist_llm's GPT-2 file reader uses)."""
-    return bytes_to_unicode()
-
-
 @cache
 def unicode_to_byte() -> dict[str, int]:
-    return {c: b for b, c in byte_to_unicode().items()}
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _spell(token: bytes) -> str:
-    table = byte_to_unicode()
+    table = bytes_to_unicode()
     return "".join(table[b] for b in token)
 
 
