@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from trainer_runs import TEST_DEVICE, read_jsonl, tiny_train_args
+from trainer_runs import TEST_DEVICE, read_jsonl, tiny_train_args, train_losses
 
 from dist_llm.checkpoint import find_latest_checkpoint, verify_checkpoint
 
@@ -92,3 +92,16 @@ def test_help_lists_every_key_with_a_typeable_default(capsys):
     assert len(lines) == len(all_keys())
     shown = [line.replace("=''", "=") for line in lines]  # what the shell passes for ''
     assert parse_args(shown) == parse_args([])  # the listed defaults parse back to the defaults
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_epoch_ending_at_or_just_before_the_last_step_gives_one_final_evaluation(tiny_data, tmp_path):
+    run_dir = tmp_path / "epoch"
+    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=0", "--train.num_epochs=1",
+                           "--eval.interval=0", "--log.interval=100")
+    from dist_llm.train import main
+
+    assert main(args) == 0
+    evals = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+    last = max(train_losses(run_dir))
+    assert evals == [0, last], evals

@@ -122,13 +122,3 @@ def test_init_from_an_imported_hf_llama(tmp_path):
     assert train_losses(tmp_path / "cont")[1] == pytest.approx(
         _first_step_loss([*args, f"--tokenizer.path={tmp_path / 'imported' / 'tokenizer'}"], imported_model),
         rel=1e-5)
-
-
-def test_an_epoch_ending_at_or_just_before_the_last_step_gives_one_final_evaluation(tiny_data, tmp_path):
-    run_dir = tmp_path / "epoch"
-    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=0", "--train.num_epochs=1",
-                           "--eval.interval=0", "--log.interval=100")
-    assert main(args) == 0
-    evals = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
-    last = max(train_losses(run_dir))
-    assert evals == [0, last], evals
