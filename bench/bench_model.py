@@ -1,12 +1,15 @@
 """Training-step throughput of TransformerLM against a nanoGPT-style GPT, measured in the same run.
 
 One step = forward, loss, backward, optimizer step, on a fixed random batch (data loading excluded),
-done the way the trainer does it. Both models get the same width, depth, heads, context, batch, dtype,
-compile setting, torch threads, loss (F.cross_entropy, as dist_llm.train uses) and optimizer
-(torch.optim.AdamW with the kernel the trainer picks, fused on CUDA and CPU; or --optim ours for
-dist_llm.optim.AdamW). Rounds alternate between the models so a drifting machine slows both alike; the
-best round of each gives the headline ratio (load from other processes only ever slows a round down, so
-the fastest round is the least disturbed estimate, as timeit does) and the median round is printed too.
+done the way each one's trainer does it. Both models get the same width, depth, heads, context, batch,
+dtype, compile setting, torch threads and optimizer (torch.optim.AdamW with the kernel the trainer picks,
+fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each trainer's own: ours
+dist_llm.losses.fused_cross_entropy, as dist_llm.train uses (the logits' gradient computed in the
+forward pass; under --compile it is F.cross_entropy fused by inductor), the baseline F.cross_entropy, as
+nanoGPT uses. --with-torch-loss adds, for information, our model with F.cross_entropy too.
+Rounds alternate between the models so a drifting machine slows both alike; the best round of each gives
+the headline ratio (load from other processes only ever slows a round down, so the fastest round is the
+least disturbed estimate, as timeit does) and the median round is printed too.
 
 The architectures differ where they are defined to: ours has an untied lm_head (vocab x d_model more
 parameters for AdamW to update) and SwiGLU/RMSNorm/RoPE; the baseline ties its head to the embedding and
@@ -35,6 +38,7 @@ from nanogpt_style import NanoGPTStyleLM  # noqa: E402
 from peak_flops import datasheet_peak, measured_matmul_peak  # noqa: E402
 
 from dist_llm.devices import resolve_device  # noqa: E402
+from dist_llm.losses import fused_cross_entropy  # noqa: E402
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
 from dist_llm.optim import AdamW  # noqa: E402
 from dist_llm.training.optimizer import adamw_kernel  # noqa: E402
@@ -115,22 +119,25 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
     ours = TransformerLM.from_config(cfg, device=device)
     base = NanoGPTStyleLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads)
     runners = [
-        Runner("dist_llm TransformerLM", ours, _training_loss, args, device, dtype),
-        Runner("nanoGPT-style baseline", base.to(device), _training_loss, args, device, dtype),
+        Runner("dist_llm TransformerLM", ours, training_loss, args, device, dtype),
+        Runner("nanoGPT-style baseline", base.to(device), torch_loss, args, device, dtype),
     ]
+    if args.with_torch_loss:  # information only: our model with the baseline's loss
+        plain = TransformerLM.from_config(cfg, device=device)
+        runners.append(Runner("dist_llm, F.cross_entropy (info)", plain, torch_loss, args, device, dtype))
     if args.with_tied:  # information only: what the untied head costs
         tied = TransformerLM.from_config(cfg, device=device)
         tied.lm_head.weight = tied.token_embeddings.weight
-        runners.append(Runner("dist_llm, head tied (info)", tied, _training_loss, args, device, dtype))
+        runners.append(Runner("dist_llm, head tied (info)", tied, training_loss, args, device, dtype))
     if args.with_other_path:  # information only: the other fused_ops setting, timed in the same rounds
         other = dataclasses.replace(cfg, fused_ops=not cfg.fused_ops)
         label = f"dist_llm, fused_ops={other.fused_ops} (info)"
-        runners.append(Runner(label, TransformerLM.from_config(other, device=device), _training_loss, args,
+        runners.append(Runner(label, TransformerLM.from_config(other, device=device), training_loss, args,
                               device, dtype))  # fmt: skip
     if args.with_unpadded_head:  # information only: the head without its CUDA row padding
         unpadded = TransformerLM.from_config(cfg, device=device)
         unpadded.logits_row_multiple = 1
-        runners.append(Runner("dist_llm, head not padded (info)", unpadded, _training_loss, args, device,
+        runners.append(Runner("dist_llm, head not padded (info)", unpadded, training_loss, args, device,
                               dtype))  # fmt: skip
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
@@ -175,8 +182,13 @@ def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: t
     return max(1, round(0.3 / min(times)))
 
 
-def _training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # The loss exactly as dist_llm/train.py computes it (torch's fused log-softmax + nll).
+def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # Our loss exactly as dist_llm/train.py computes it.
+    return fused_cross_entropy(logits, targets)
+
+
+def torch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # The baseline's loss, as nanoGPT computes it: torch's log-softmax + nll.
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -194,6 +206,8 @@ def main() -> None:
                              "training default) or the from-scratch reference layers (off)")
     parser.add_argument("--with-tied", action="store_true",
                         help="also time our model with lm_head tied to the embedding (information only)")
+    parser.add_argument("--with-torch-loss", action="store_true",
+                        help="also time our model with F.cross_entropy, the baseline's loss (info only)")
     parser.add_argument("--with-other-path", action="store_true",
                         help="also time our model with the other --fused-ops setting (information only)")
     parser.add_argument("--with-unpadded-head", action="store_true",

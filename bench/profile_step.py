@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: sibling bench modules
-from bench_model import CONFIGS, DEFAULT_BATCH, DTYPES, Runner, _training_loss, bench_device  # noqa: E402
+from bench_model import CONFIGS, DEFAULT_BATCH, DTYPES, Runner, bench_device, training_loss  # noqa: E402
 
 from dist_llm.model import TransformerLM  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
     batch = args.batch_size or DEFAULT_BATCH[device.type][name]
     torch.manual_seed(0)
     model = TransformerLM.from_config(cfg, device=device)
-    runner = Runner("dist_llm TransformerLM", model, _training_loss, args, device, DTYPES[args.dtype])
+    runner = Runner("dist_llm TransformerLM", model, training_loss, args, device, DTYPES[args.dtype])
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
     for _ in range(args.warmup):

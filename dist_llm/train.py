@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.checkpoint import CheckpointError, read_checkpoint
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
 from dist_llm.distributed import DistContext, DistributedError, distributed_context
+from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
     MetricsLog,
     format_postfix,
@@ -155,8 +155,12 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- wrappers applied from outside the model: DDP, compile, autocast
         train_model: torch.nn.Module = model
+        loss_fn = fused_cross_entropy  # the logits' gradient computed in its forward: see dist_llm/losses.py
         if cfg.train.compile:
             train_model = torch.compile(train_model)
+            # Compiled on its own (the model's graph ends at the logits, DDP sits between): inductor fuses
+            # the loss into one pass over the logits each way, which eager kernels cannot.
+            loss_fn = torch.compile(fused_cross_entropy)
         if ctx.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -209,7 +213,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 with sync:  # no_sync covers forward and backward of the non-final micro-steps
                     with autocast:
                         logits = train_model(x)
-                        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                        loss = loss_fn(logits, y)
                     # Each micro-batch is 1/accum_steps of the batch (and DDP averages over ranks), so the
                     # summed gradients equal those of one big batch.
                     scaler.scale(loss / plan.accum_steps).backward()

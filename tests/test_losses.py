@@ -2,55 +2,129 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_llm.losses import cross_entropy
+from dist_llm.losses import cross_entropy, fused_cross_entropy
+
+BOTH = pytest.mark.parametrize("loss_fn", [cross_entropy, fused_cross_entropy], ids=["reference", "fused"])
 
 
-def test_equals_torch_cross_entropy_values_and_gradients():
+@BOTH
+def test_equals_torch_cross_entropy_values_and_gradients(loss_fn):
     torch.manual_seed(0)
     logits = torch.randn(3, 7, 50, requires_grad=True)
     targets = torch.randint(0, 50, (3, 7))
-    ours = cross_entropy(logits, targets)
+    ours = loss_fn(logits, targets)
     ref = F.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1))
     torch.testing.assert_close(ours, ref)
-    (g_ours,) = torch.autograd.grad(ours, logits)
-    (g_ref,) = torch.autograd.grad(ref, logits)
+    # a scaled loss, as gradient accumulation and the fp16 grad scaler backpropagate
+    (g_ours,) = torch.autograd.grad(ours * 3.5, logits)
+    (g_ref,) = torch.autograd.grad(ref * 3.5, logits)
     torch.testing.assert_close(g_ours, g_ref)
 
 
-def test_stable_for_huge_logits():
+@BOTH
+def test_stable_for_huge_logits(loss_fn):
     logits = torch.tensor([[1e4, 0.0, -1e4], [5e4, 5e4, 5e4]], requires_grad=True)
     targets = torch.tensor([1, 2])
-    ours = cross_entropy(logits, targets)
+    ours = loss_fn(logits, targets)
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, F.cross_entropy(logits, targets))
     ours.backward()
     assert torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(logits.grad, torch.tensor([[1.0, -1.0, 0.0], [1 / 3, 1 / 3, -2 / 3]]) / 2)
 
 
-def test_bf16_logits_are_computed_in_float32():
+@BOTH
+def test_bf16_logits_are_computed_in_float32(loss_fn):
     torch.manual_seed(0)
     logits = (torch.randn(16, 1000) * 20).bfloat16()
     targets = torch.randint(0, 1000, (16,))
-    ours = cross_entropy(logits, targets)
+    ours = loss_fn(logits, targets)
     assert ours.dtype == torch.float32
     torch.testing.assert_close(ours, F.cross_entropy(logits.float(), targets))
 
 
-def test_ignore_index():
+@BOTH
+def test_ignore_index(loss_fn):
     torch.manual_seed(0)
-    logits = torch.randn(4, 6, 11)
+    logits = torch.randn(4, 6, 11, requires_grad=True)
     targets = torch.randint(0, 11, (4, 6))
     targets[0, :3] = -100
     targets[2, 5] = -100
-    ours = cross_entropy(logits, targets, ignore_index=-100)
+    ours = loss_fn(logits, targets, ignore_index=-100)
     ref = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert (g_ours[0, :3] == 0).all() and g_ours[0, 3].abs().sum() > 0
     # ignoring nothing changes nothing; the ignored rows really are left out of the mean
-    assert not torch.allclose(ours, cross_entropy(logits, targets.clamp(min=0)))
+    assert not torch.allclose(ours, loss_fn(logits, targets.clamp(min=0)))
 
 
-def test_shape_mismatch_is_a_clear_error():
+@BOTH
+def test_shape_mismatch_is_a_clear_error(loss_fn):
     with pytest.raises(ValueError, match="targets shape"):
-        cross_entropy(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+        loss_fn(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
-        cross_entropy(torch.randn(2, 5), torch.zeros(2))
+        loss_fn(torch.randn(2, 5), torch.zeros(2))
+
+
+def test_fused_under_bf16_autocast_matches_torch():
+    # How the trainer calls it: bf16 logits from an autocast region, the gradient going back in bf16.
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, requires_grad=True)
+    hidden = torch.randn(40, 32)
+    targets = torch.randint(0, 64, (40,))
+    grads = []
+    for loss_fn in (F.cross_entropy, fused_cross_entropy):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = hidden @ weight.T
+            assert logits.dtype == torch.bfloat16
+            loss = loss_fn(logits, targets)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        grads.append((loss.detach(), weight.grad))
+        weight.grad = None
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_fused_without_grad_gives_the_loss_and_no_graph():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 9, requires_grad=True)
+    targets = torch.randint(0, 9, (5,))
+    with torch.no_grad():
+        loss = fused_cross_entropy(logits, targets)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, F.cross_entropy(logits.detach(), targets))
+
+
+def test_fused_backward_twice_is_a_clear_error():
+    logits = torch.randn(5, 9, requires_grad=True)
+    loss = fused_cross_entropy(logits, torch.randint(0, 9, (5,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+def test_fused_target_outside_vocabulary_is_a_clear_error():
+    with pytest.raises(ValueError, match="target id 9 is outside the vocabulary"):
+        fused_cross_entropy(torch.randn(2, 9), torch.tensor([3, 9]))
+    with pytest.raises(ValueError, match="target id -1"):
+        fused_cross_entropy(torch.randn(2, 9), torch.tensor([-1, 2]))
+    # the ignored value itself is not a token id
+    fused_cross_entropy(torch.randn(2, 9), torch.tensor([-100, 2]), ignore_index=-100)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's imports
+def test_fused_under_torch_compile_matches_eager():
+    # The trainer compiles the loss with train.compile; there it is F.cross_entropy, fused by inductor.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 30, requires_grad=True)
+    targets = torch.randint(0, 30, (2, 6))
+    eager = fused_cross_entropy(logits, targets)
+    (g_eager,) = torch.autograd.grad(eager, logits)
+    compiled = torch.compile(fused_cross_entropy)(logits, targets)
+    (g_compiled,) = torch.autograd.grad(compiled, logits)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(g_compiled, g_eager)

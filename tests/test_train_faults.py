@@ -84,7 +84,9 @@ def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
 @pytest.fixture
 def nan_at_micro_step(monkeypatch):
     """Make the training loss NaN at the given (1-based) training micro-step."""
-    real = torch.nn.functional.cross_entropy
+    import dist_llm.train
+
+    real = dist_llm.train.fused_cross_entropy
 
     def install(bad_call: int):
         calls = {"n": 0}
@@ -97,7 +99,7 @@ def nan_at_micro_step(monkeypatch):
                     return loss * float("nan")
             return loss
 
-        monkeypatch.setattr(torch.nn.functional, "cross_entropy", flaky)
+        monkeypatch.setattr(dist_llm.train, "fused_cross_entropy", flaky)
 
     return install
 
