@@ -2,20 +2,24 @@
 
 cross_entropy is loss = logsumexp(logits) - logits[target], averaged, built from plain tensor ops.
 
-fused_cross_entropy gives the same loss and gradient with less memory traffic. torch's
-F.cross_entropy keeps log_softmax(logits) for backward, then zero-fills a tokens x vocab buffer,
-scatters into it, and runs log_softmax's backward into a third buffer (under autocast also first
-copying bf16 logits to float32). The logits' gradient of a mean NLL is simply
-(softmax(logits) - onehot(target)) / count, so the fused loss computes it during the forward pass, in
-place in the buffer log_softmax wrote: one tokens x vocab buffer instead of three, two cheap passes
-over it instead of a fill and a backward kernel. On a CPU every fresh buffer of that size is also
-fresh pages from the OS, so the buffers saved are not just passes saved.
+fused_cross_entropy gives the same loss and gradient with less memory traffic, using that the logits'
+gradient of a mean NLL is simply (softmax(logits) - onehot(target)) / count. It has two forms:
+
+- Eager: torch's F.cross_entropy keeps log_softmax(logits) for backward, then zero-fills a tokens x
+  vocab buffer, scatters into it, and runs log_softmax's backward into a third buffer (under autocast
+  also first copying bf16 logits to float32). The eager form computes the gradient during the forward
+  pass, in place in the buffer log_softmax wrote: one tokens x vocab buffer instead of three, two
+  cheap passes over it instead of a fill and a backward kernel. On a CPU every fresh buffer of that
+  size is also fresh pages from the OS, so the buffers saved are not just passes saved.
+- Under torch.compile: inductor fuses each line into one kernel, so what counts is what crosses from
+  forward to backward. The compiled form saves only the logits (which exist anyway) and one float32
+  logsumexp per row, and its backward is one elementwise pass (softmax from the logits and the
+  logsumexp, minus the one-hot, times the scale) writing the gradient in the logits' dtype.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _flatten(logits: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,20 +63,18 @@ def fused_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None
 ) -> torch.Tensor:
     """cross_entropy's loss and gradients (same arguments, float32 scalar), computed as the module
-    docstring describes. Its backward can run once per forward (the gradient buffer is handed over,
-    not copied): backward through it a second time, as retain_graph=True would allow, raises.
-
-    Under torch.compile this is F.cross_entropy, which inductor already fuses into one pass each way.
+    docstring describes: the eager form, or under torch.compile the compiled form. In eager mode its
+    backward can run once per forward (the gradient buffer is handed over, not copied): backward
+    through it a second time, as retain_graph=True would allow, raises.
     """
     logits, targets = _flatten(logits, targets, "fused_cross_entropy")
     if torch.compiler.is_compiling():
-        ignored = -100 if ignore_index is None else ignore_index  # -100: F's default, not a token id
-        return F.cross_entropy(logits.float(), targets, ignore_index=ignored)
+        return _CompiledCrossEntropy.apply(logits, targets, ignore_index)
     if targets.device.type == "cpu" and targets.numel():  # free on a CPU; on a GPU it would stall
         _check_target_range(targets, logits.shape[-1], ignore_index)
     # Inside forward grad mode is always off, so whether a gradient will be wanted is decided here.
     wants_grad = torch.is_grad_enabled() and logits.requires_grad
-    return _FusedCrossEntropy.apply(logits, targets, ignore_index, wants_grad)
+    return _EagerCrossEntropy.apply(logits, targets, ignore_index, wants_grad)
 
 
 def _check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None) -> None:
@@ -85,7 +87,7 @@ def _check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: in
         raise ValueError(f"fused_cross_entropy: target id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
-class _FusedCrossEntropy(torch.autograd.Function):
+class _EagerCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None, wants_grad: bool
@@ -94,16 +96,14 @@ class _FusedCrossEntropy(torch.autograd.Function):
         # them as they are (fused into the kernel on CUDA).
         with torch.autocast(logits.device.type, enabled=False):
             log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
-            keep = None if ignore_index is None else targets != ignore_index
-            rows = targets if keep is None else targets.masked_fill(~keep, 0)  # ignored rows: any id
+            rows, weights = _row_weights(targets, ignore_index)
             picked = log_probs.gather(1, rows[:, None]).squeeze(1)
-            if keep is None:
+            if weights is None:
                 loss = -picked.mean()
                 row_scale = torch.full((), 1.0 / max(len(rows), 1), device=logits.device)
             else:
-                count = keep.sum()
-                loss = -(picked * keep).sum() / count
-                row_scale = (keep / count)[:, None]  # 0 for ignored rows: no gradient
+                loss = -(picked * weights).sum()
+                row_scale = weights[:, None]  # 0 for ignored rows: no gradient
             ctx.grad_logits, ctx.row_scale, ctx.in_dtype = None, row_scale, logits.dtype
             if wants_grad:
                 # d(mean NLL)/d logits = (softmax - onehot) * row_scale; the row_scale multiply waits for
@@ -124,3 +124,35 @@ class _FusedCrossEntropy(torch.autograd.Function):
         ctx.grad_logits = None
         grad.mul_(ctx.row_scale * grad_loss)
         return grad.to(ctx.in_dtype), None, None, None
+
+
+def _row_weights(targets: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets with ignored rows pointing at id 0 (any valid id), and each row's weight in the mean:
+    None for "all rows, 1 / N each", else keep / count (0 for ignored rows)."""
+    if ignore_index is None:
+        return targets, None
+    keep = targets != ignore_index
+    return targets.masked_fill(~keep, 0), keep / keep.sum()
+
+
+class _CompiledCrossEntropy(torch.autograd.Function):
+    """The form for torch.compile: written as whole-tensor expressions that inductor fuses, and
+    saving (logits, logsumexp) rather than a tokens x vocab float32 tensor."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+        rows, weights = _row_weights(targets, ignore_index)
+        logits32 = logits.float()
+        log_sum_exp = torch.logsumexp(logits32, dim=-1)
+        nll = log_sum_exp - logits32.gather(1, rows[:, None]).squeeze(1)
+        ctx.save_for_backward(logits, log_sum_exp, rows, weights)
+        return nll.mean() if weights is None else (nll * weights).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):  # noqa: ANN205
+        logits, log_sum_exp, rows, weights = ctx.saved_tensors
+        probs = torch.exp(logits.float() - log_sum_exp[:, None])
+        vocab_ids = torch.arange(logits.shape[1], device=logits.device)
+        grad = torch.where(vocab_ids[None, :] == rows[:, None], probs - 1.0, probs)
+        scale = grad_loss / logits.shape[0] if weights is None else grad_loss * weights[:, None]
+        return (grad * scale).to(logits.dtype), None, None

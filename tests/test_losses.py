@@ -117,14 +117,24 @@ def test_fused_target_outside_vocabulary_is_a_clear_error():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's imports
-def test_fused_under_torch_compile_matches_eager():
-    # The trainer compiles the loss with train.compile; there it is F.cross_entropy, fused by inductor.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_under_torch_compile_matches_torch(dtype):
+    # The trainer compiles the loss with train.compile: there it takes its compiled form. Compared with
+    # F.cross_entropy under autocast, as the trainer runs it, with ignored positions and a scaled loss.
     torch.manual_seed(0)
-    logits = torch.randn(2, 6, 30, requires_grad=True)
+    logits = (torch.randn(2, 6, 30) * 4).to(dtype).requires_grad_()
     targets = torch.randint(0, 30, (2, 6))
-    eager = fused_cross_entropy(logits, targets)
-    (g_eager,) = torch.autograd.grad(eager, logits)
-    compiled = torch.compile(fused_cross_entropy)(logits, targets)
-    (g_compiled,) = torch.autograd.grad(compiled, logits)
-    torch.testing.assert_close(compiled, eager)
-    torch.testing.assert_close(g_compiled, g_eager)
+    targets[1, 2:4] = -100
+    compiled_loss = torch.compile(fused_cross_entropy)
+    results = []
+    for loss_fn in (lambda lg, t: F.cross_entropy(lg.reshape(-1, 30), t.reshape(-1), ignore_index=-100),
+                    lambda lg, t: compiled_loss(lg, t, ignore_index=-100)):  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = loss_fn(logits, targets)
+        (grad,) = torch.autograd.grad(loss * 2.5, logits)
+        assert loss.dtype == torch.float32 and grad.dtype == dtype
+        results.append((loss, grad))
+    (ref_loss, ref_grad), (loss, grad) = results
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+    assert (grad[1, 2:4] == 0).all()
