@@ -158,8 +158,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         loss_fn = fused_cross_entropy  # the logits' gradient computed in its forward: see dist_llm/losses.py
         if cfg.train.compile:
             train_model = torch.compile(train_model)
-            # Compiled on its own (the model's graph ends at the logits, DDP sits between): inductor fuses
-            # the loss into one pass over the logits each way, which eager kernels cannot.
+            # Compiled on its own (the model's graph ends at the logits, DDP sits between), so that it
+            # takes the loss's compiled form: one fused pass over the logits each way.
             loss_fn = torch.compile(fused_cross_entropy)
         if ctx.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -212,8 +212,9 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 sync = contextlib.nullcontext() if last or not ctx.is_distributed else train_model.no_sync()
                 with sync:  # no_sync covers forward and backward of the non-final micro-steps
                     with autocast:
-                        logits = train_model(x)
-                        loss = loss_fn(logits, y)
+                        # No name for the logits: nothing holds them through backward unless the loss
+                        # saved them (the eager fused loss does not: tokens x vocab less at the peak).
+                        loss = loss_fn(train_model(x), y)
                     # Each micro-batch is 1/accum_steps of the batch (and DDP averages over ranks), so the
                     # summed gradients equal those of one big batch.
                     scaler.scale(loss / plan.accum_steps).backward()
