@@ -1,6 +1,10 @@
+"""Cross-entropy, reference and fused, against torch's. Set DIST_LLM_TEST_DEVICE=cuda to run the
+device-dependent ones on a GPU (bench/gpu_check.sh does)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from device_under_test import TEST_DEVICE as DEVICE
 
 from dist_llm.losses import cross_entropy, fused_cross_entropy
 
@@ -10,8 +14,8 @@ BOTH = pytest.mark.parametrize("loss_fn", [cross_entropy, fused_cross_entropy], 
 @BOTH
 def test_equals_torch_cross_entropy_values_and_gradients(loss_fn):
     torch.manual_seed(0)
-    logits = torch.randn(3, 7, 50, requires_grad=True)
-    targets = torch.randint(0, 50, (3, 7))
+    logits = torch.randn(3, 7, 50, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7), device=DEVICE)
     ours = loss_fn(logits, targets)
     ref = F.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1))
     torch.testing.assert_close(ours, ref)
@@ -23,21 +27,22 @@ def test_equals_torch_cross_entropy_values_and_gradients(loss_fn):
 
 @BOTH
 def test_stable_for_huge_logits(loss_fn):
-    logits = torch.tensor([[1e4, 0.0, -1e4], [5e4, 5e4, 5e4]], requires_grad=True)
-    targets = torch.tensor([1, 2])
+    logits = torch.tensor([[1e4, 0.0, -1e4], [5e4, 5e4, 5e4]], device=DEVICE, requires_grad=True)
+    targets = torch.tensor([1, 2], device=DEVICE)
     ours = loss_fn(logits, targets)
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, F.cross_entropy(logits, targets))
     ours.backward()
     assert torch.isfinite(logits.grad).all()
-    torch.testing.assert_close(logits.grad, torch.tensor([[1.0, -1.0, 0.0], [1 / 3, 1 / 3, -2 / 3]]) / 2)
+    expected = torch.tensor([[1.0, -1.0, 0.0], [1 / 3, 1 / 3, -2 / 3]], device=DEVICE) / 2
+    torch.testing.assert_close(logits.grad, expected)
 
 
 @BOTH
 def test_bf16_logits_are_computed_in_float32(loss_fn):
     torch.manual_seed(0)
-    logits = (torch.randn(16, 1000) * 20).bfloat16()
-    targets = torch.randint(0, 1000, (16,))
+    logits = (torch.randn(16, 1000, device=DEVICE) * 20).bfloat16()
+    targets = torch.randint(0, 1000, (16,), device=DEVICE)
     ours = loss_fn(logits, targets)
     assert ours.dtype == torch.float32
     torch.testing.assert_close(ours, F.cross_entropy(logits.float(), targets))
@@ -46,8 +51,8 @@ def test_bf16_logits_are_computed_in_float32(loss_fn):
 @BOTH
 def test_ignore_index(loss_fn):
     torch.manual_seed(0)
-    logits = torch.randn(4, 6, 11, requires_grad=True)
-    targets = torch.randint(0, 11, (4, 6))
+    logits = torch.randn(4, 6, 11, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, 11, (4, 6), device=DEVICE)
     targets[0, :3] = -100
     targets[2, 5] = -100
     ours = loss_fn(logits, targets, ignore_index=-100)
@@ -69,17 +74,23 @@ def test_shape_mismatch_is_a_clear_error(loss_fn):
         loss_fn(torch.randn(2, 5), torch.zeros(2))
 
 
-def test_fused_under_bf16_autocast_matches_torch():
-    # How the trainer calls it: bf16 logits from an autocast region, the gradient going back in bf16.
+# bf16 autocast exists on CPU and CUDA; fp16 autocast (with the grad scaler) is a CUDA feature.
+AUTOCAST_DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE.type == "cuda" else [])
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
+def test_fused_under_autocast_matches_torch(dtype):
+    # How the trainer calls it: half-precision logits from an autocast region, the gradient going back
+    # in that precision.
     torch.manual_seed(0)
-    weight = torch.randn(64, 32, requires_grad=True)
-    hidden = torch.randn(40, 32)
-    targets = torch.randint(0, 64, (40,))
+    weight = torch.randn(64, 32, device=DEVICE, requires_grad=True)
+    hidden = torch.randn(40, 32, device=DEVICE)
+    targets = torch.randint(0, 64, (40,), device=DEVICE)
     grads = []
     for loss_fn in (F.cross_entropy, fused_cross_entropy):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=dtype):
             logits = hidden @ weight.T
-            assert logits.dtype == torch.bfloat16
+            assert logits.dtype == dtype
             loss = loss_fn(logits, targets)
         assert loss.dtype == torch.float32
         loss.backward()
@@ -122,14 +133,14 @@ def test_fused_under_torch_compile_matches_torch(dtype):
     # The trainer compiles the loss with train.compile: there it takes its compiled form. Compared with
     # F.cross_entropy under autocast, as the trainer runs it, with ignored positions and a scaled loss.
     torch.manual_seed(0)
-    logits = (torch.randn(2, 6, 30) * 4).to(dtype).requires_grad_()
-    targets = torch.randint(0, 30, (2, 6))
+    logits = (torch.randn(2, 6, 30, device=DEVICE) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 30, (2, 6), device=DEVICE)
     targets[1, 2:4] = -100
     compiled_loss = torch.compile(fused_cross_entropy)
     results = []
     for loss_fn in (lambda lg, t: F.cross_entropy(lg.reshape(-1, 30), t.reshape(-1), ignore_index=-100),
                     lambda lg, t: compiled_loss(lg, t, ignore_index=-100)):  # fmt: skip
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = loss_fn(logits, targets)
         (grad,) = torch.autograd.grad(loss * 2.5, logits)
         assert loss.dtype == torch.float32 and grad.dtype == dtype

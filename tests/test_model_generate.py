@@ -3,14 +3,12 @@
 Set DIST_LLM_TEST_DEVICE=cuda to run these on a GPU.
 """
 
-import os
-
 import pytest
 import torch
+from device_under_test import TEST_DEVICE as DEVICE
 
 from dist_llm.model import TransformerLM, generate, generate_stream
 
-DEVICE = torch.device(os.environ.get("DIST_LLM_TEST_DEVICE", "cpu"))
 CTX = 16
 
 

@@ -3,16 +3,14 @@
 Set DIST_LLM_TEST_DEVICE=cuda to run the device-dependent tests on a GPU (bench/gpu_check.sh does).
 """
 
-import os
-
 import pytest
 import torch
+from device_under_test import TEST_DEVICE as DEVICE
 
 from dist_llm.losses import cross_entropy
 from dist_llm.model import Linear, ModelConfig, TransformerLM
 from dist_llm.optim import AdamW
 
-DEVICE = torch.device(os.environ.get("DIST_LLM_TEST_DEVICE", "cpu"))
 # bf16 autocast exists on CPU and CUDA; fp16 autocast is a CUDA feature.
 AUTOCAST_DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE.type == "cuda" else [])
 

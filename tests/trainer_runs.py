@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
-# bench/gpu_check.sh sets this to "cuda" to run the single-process trainer tests on a GPU.
-TEST_DEVICE = os.environ.get("DIST_LLM_TEST_DEVICE", "cpu")
+from device_under_test import TEST_DEVICE  # cuda under bench/gpu_check.sh: trainer tests on the GPU
 
 WORDS = ["the", "cat", "dog", "bird", "sees", "likes", "finds", "a", "small", "big", "red", "blue", "house",
          "tree", "river", "runs", "sleeps", "and", "with", "under", "over", "quickly", "slowly", "green",
