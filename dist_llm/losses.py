@@ -31,6 +31,8 @@ def _flatten(logits: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[to
         )
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"{name}: targets must be integer class ids, got dtype {targets.dtype}")
+    if targets.device != logits.device:
+        raise ValueError(f"{name}: targets are on {targets.device} but logits on {logits.device}")
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
 
 

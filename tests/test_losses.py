@@ -72,6 +72,8 @@ def test_shape_mismatch_is_a_clear_error(loss_fn):
         loss_fn(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         loss_fn(torch.randn(2, 5), torch.zeros(2))
+    with pytest.raises(ValueError, match="targets are on meta but logits on cpu"):
+        loss_fn(torch.randn(2, 5), torch.zeros(2, dtype=torch.long, device="meta"))
 
 
 # bf16 autocast exists on CPU and CUDA; fp16 autocast (with the grad scaler) is a CUDA feature.
