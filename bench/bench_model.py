@@ -2,14 +2,14 @@
 
 One step = forward, loss, backward, optimizer step, on a fixed random batch (data loading excluded),
 done the way each one's trainer does it. Both models get the same width, depth, heads, context, batch,
-dtype, compile setting, torch threads and optimizer (torch.optim.AdamW with the kernel the trainer picks,
-fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each trainer's own: ours
-dist_llm.losses.fused_cross_entropy, as dist_llm.train uses (the logits' gradient computed in the
-forward pass; under --compile it is F.cross_entropy fused by inductor), the baseline F.cross_entropy, as
-nanoGPT uses. --with-torch-loss adds, for information, our model with F.cross_entropy too.
-Rounds alternate between the models so a drifting machine slows both alike; the best round of each gives
-the headline ratio (load from other processes only ever slows a round down, so the fastest round is the
-least disturbed estimate, as timeit does) and the median round is printed too.
+dtype, compile setting, torch threads and optimizer (torch.optim.AdamW with the kernel the trainer
+picks, fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each trainer's own:
+ours dist_llm.losses.fused_cross_entropy, as dist_llm.train uses (eager: the logits' gradient computed
+in the forward pass; under --compile its compiled form), the baseline F.cross_entropy, as nanoGPT uses.
+--with-torch-loss adds, for information, our model with F.cross_entropy too. Rounds alternate between
+the models so a drifting machine slows both alike; the best round of each gives the headline ratio (load
+from other processes only ever slows a round down, so the fastest round is the least disturbed estimate,
+as timeit does) and the median round is printed too.
 
 The architectures differ where they are defined to: ours has an untied lm_head (vocab x d_model more
 parameters for AdamW to update) and SwiGLU/RMSNorm/RoPE; the baseline ties its head to the embedding and

@@ -68,8 +68,7 @@ def bare_step_tokens_per_s(cfg: RunConfig, steps: int) -> float:
     def step() -> None:
         for _ in range(plan.accum_steps):
             with autocast:
-                logits = train_model(inputs)
-                loss = loss_fn(logits, targets)
+                loss = loss_fn(train_model(inputs), targets)
             scaler.scale(loss / plan.accum_steps).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)

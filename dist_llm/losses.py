@@ -36,6 +36,15 @@ def _flatten(logits: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[to
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
 
 
+def _row_weights(targets: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets with ignored rows pointing at id 0 (any valid id), and each row's weight in the mean:
+    None for "all rows, 1 / N each", else keep / count (0 for ignored rows)."""
+    if ignore_index is None:
+        return targets, None
+    keep = targets != ignore_index
+    return targets.masked_fill(~keep, 0), keep / keep.sum()
+
+
 def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None
 ) -> torch.Tensor:
@@ -48,17 +57,12 @@ def cross_entropy(
     """
     logits, targets = _flatten(logits, targets, "cross_entropy")
     logits = logits.float()
-    keep = None
-    if ignore_index is not None:
-        keep = targets != ignore_index
-        targets = targets.masked_fill(~keep, 0)  # any valid index; these rows are zeroed below
+    targets, weights = _row_weights(targets, ignore_index)
     row_max = logits.amax(dim=-1, keepdim=True).detach()  # a constant shift: no gradient needed
     log_sum_exp = (logits - row_max).exp().sum(dim=-1).log() + row_max.squeeze(-1)
     target_logit = logits.gather(-1, targets[:, None]).squeeze(-1)
     nll = log_sum_exp - target_logit
-    if keep is None:
-        return nll.mean()
-    return (nll * keep).sum() / keep.sum()
+    return nll.mean() if weights is None else (nll * weights).sum()
 
 
 def fused_cross_entropy(
@@ -102,7 +106,7 @@ class _EagerCrossEntropy(torch.autograd.Function):
             picked = log_probs.gather(1, rows[:, None]).squeeze(1)
             if weights is None:
                 loss = -picked.mean()
-                row_scale = torch.full((), 1.0 / max(len(rows), 1), device=logits.device)
+                row_scale = 1.0 / max(len(rows), 1)
             else:
                 loss = -(picked * weights).sum()
                 row_scale = weights[:, None]  # 0 for ignored rows: no gradient
@@ -126,15 +130,6 @@ class _EagerCrossEntropy(torch.autograd.Function):
         ctx.grad_logits = None
         grad.mul_(ctx.row_scale * grad_loss)
         return grad.to(ctx.in_dtype), None, None, None
-
-
-def _row_weights(targets: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Targets with ignored rows pointing at id 0 (any valid id), and each row's weight in the mean:
-    None for "all rows, 1 / N each", else keep / count (0 for ignored rows)."""
-    if ignore_index is None:
-        return targets, None
-    keep = targets != ignore_index
-    return targets.masked_fill(~keep, 0), keep / keep.sum()
 
 
 class _CompiledCrossEntropy(torch.autograd.Function):
