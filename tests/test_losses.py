@@ -67,6 +67,22 @@ def test_ignore_index(loss_fn):
 
 
 @BOTH
+def test_logits_that_are_a_view_of_wider_rows(loss_fn):
+    # The CUDA head padding returns logits as the first vocab columns of wider rows: not contiguous.
+    torch.manual_seed(0)
+    padded = torch.randn(2, 5, 24, device=DEVICE, requires_grad=True)
+    logits = padded[..., :20]
+    targets = torch.randint(0, 20, (2, 5), device=DEVICE)
+    ours = loss_fn(logits, targets)
+    ref = F.cross_entropy(logits.reshape(-1, 20), targets.reshape(-1))
+    torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours, padded)
+    (g_ref,) = torch.autograd.grad(ref, padded)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert (g_ours[..., 20:] == 0).all()
+
+
+@BOTH
 def test_shape_mismatch_is_a_clear_error(loss_fn):
     with pytest.raises(ValueError, match="targets shape"):
         loss_fn(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
