@@ -58,6 +58,24 @@ def test_rmsnorm_matches_formula_and_upcasts(fused):
     torch.testing.assert_close(out, norm(xb.float()).bfloat16(), atol=0, rtol=0)
 
 
+def test_rmsnorm_fused_backward_in_bf16_matches_float32():
+    # A model cast to bf16 (weights and activations): the fused gradients come back in bf16, computed in
+    # float32, so they equal the float32 reference gradients rounded to bf16 (up to bf16 rounding).
+    torch.manual_seed(0)
+    ref, fast = RMSNorm(16, fused=False), RMSNorm(16, fused=True).bfloat16()
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(16).bfloat16().float())
+        fast.weight.copy_(ref.weight)
+    x = (torch.randn(4, 5, 16) * 3).bfloat16()
+    g = torch.randn(4, 5, 16).bfloat16()
+    x_ref, x_fast = x.float().requires_grad_(), x.clone().requires_grad_()
+    ref(x_ref).backward(g.float())
+    fast(x_fast).backward(g)
+    assert x_fast.grad.dtype == fast.weight.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x_fast.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(fast.weight.grad.float(), ref.weight.grad, rtol=1e-2, atol=1e-2)
+
+
 def test_softmax_and_silu_are_stable_for_huge_inputs():
     x = torch.tensor([[1000.0, 1001.0, 999.0], [-1e4, 0.0, 1e4]])
     torch.testing.assert_close(softmax(x, dim=-1), torch.softmax(x, dim=-1))
