@@ -21,23 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: sibling bench modules
-from bench_model import DTYPES, bench_device  # noqa: E402
+from bench_model import DTYPES, bench_device, torch_loss  # noqa: E402
+from peak_flops import sync  # noqa: E402
 
 from dist_llm.losses import fused_cross_entropy  # noqa: E402
 
 DEFAULT_SHAPE = {"cpu": (1024, 10000), "cuda": (16 * 1024, 50257)}  # tokens x vocab
-
-
-def torch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, targets)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def one_call(loss_fn, logits: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # noqa: ANN001
@@ -98,11 +89,11 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in losses}
     for _ in range(args.rounds):
         for name, fn in losses.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(args.calls):
                 one_call(fn, logits, targets, dtype)
-            _sync(device)
+            sync(device)
             times[name].append((time.perf_counter() - start) / args.calls)
 
     on_gpu = device.type == "cuda"

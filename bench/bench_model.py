@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: sibling bench modules
 from nanogpt_style import NanoGPTStyleLM  # noqa: E402
-from peak_flops import datasheet_peak, measured_matmul_peak  # noqa: E402
+from peak_flops import datasheet_peak, measured_matmul_peak, sync  # noqa: E402
 
 from dist_llm.devices import resolve_device  # noqa: E402
 from dist_llm.losses import fused_cross_entropy  # noqa: E402
@@ -73,11 +73,6 @@ def bench_device(requested: str) -> torch.device:
     return resolve_device(requested)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Runner:
     """One model with its optimizer and a (possibly compiled) forward+loss function."""
 
@@ -102,11 +97,11 @@ class Runner:
         return loss
 
     def timed_round(self, x, y, steps: int) -> None:
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
             loss = self.step(x, y)
-        _sync(self.device)
+        sync(self.device)
         self.round_times.append((time.perf_counter() - start) / steps)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.name}: loss became {loss.item()} during the benchmark")
@@ -174,10 +169,10 @@ def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: t
     The step time is the fastest of 3, so one step slowed by another process does not shrink rounds."""
     times = []
     for _ in range(3):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         runner.step(x, y)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return max(1, round(0.3 / min(times)))
 

@@ -35,7 +35,8 @@ def datasheet_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float
     return None
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer around it measures the work (no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -50,13 +51,13 @@ def measured_matmul_peak(
     flops = 2.0 * size**3
     for _ in range(3):  # warm up kernels, clocks and the allocator
         a @ b
-    _sync(device)
+    sync(device)
     best, spent, iters = 0.0, 0.0, 1
     while spent < min_seconds:
         start = time.perf_counter()
         for _ in range(iters):
             a @ b
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - start
         spent += elapsed
         best = max(best, flops * iters / elapsed)

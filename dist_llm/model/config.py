@@ -26,9 +26,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"  # "sdpa" (fused torch kernel, default) or "reference" (from-scratch softmax)
-    # True: embedding, RMSNorm, SiLU, RoPE through torch's kernels (F.embedding, F.rms_norm, F.silu, a
-    # complex multiply), the same math in fewer passes over memory; False: the from-scratch formulas in
-    # layers.py / rope.py.
+    # True: embedding, RMSNorm, SiLU, RoPE through torch's kernels (F.embedding, F.rms_norm or on a CPU a
+    # hand-derived backward, F.silu, a complex multiply), the same math in fewer passes over memory;
+    # False: the from-scratch formulas in layers.py / rope.py.
     fused_ops: bool = True
 
     def __post_init__(self) -> None:
