@@ -1,0 +1,31 @@
+"""bench/gpu_check.sh keeps to its time budget: steps that would start too late are skipped, the check
+fails as INCOMPLETE, and the summary still prints (a lent GPU with a hard limit must always report)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_gpu_check(tmp_path: Path, budget_s: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET_S": str(budget_s),
+           "LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
+    return subprocess.run(["bash", "bench/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_a_spent_budget_skips_every_step_and_reports_incomplete(tmp_path: Path) -> None:
+    result = run_gpu_check(tmp_path, budget_s=0)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    summary = out[out.index("=== summary") :]
+    step_rows = [line for line in summary.splitlines() if line.startswith("| ") and "| step |" not in line]
+    assert step_rows, summary
+    assert all("SKIPPED (time budget)" in row for row in step_rows), summary
+    assert "GPU CHECK: INCOMPLETE, the 0 s budget ran out" in out
+    assert "ALL STEPS OK" not in out
+    assert not list((tmp_path / "logs").glob("*.log"))  # no step ran
