@@ -8,8 +8,8 @@ gradient of a mean NLL is simply (softmax(logits) - onehot(target)) / count. It 
 - Eager: torch's F.cross_entropy keeps log_softmax(logits) for backward, then zero-fills a tokens x
   vocab buffer, scatters into it, and runs log_softmax's backward into a third buffer (under autocast
   also first copying bf16 logits to float32). The eager form computes the gradient during the forward
-  pass, in place in the buffer log_softmax wrote: one tokens x vocab buffer instead of three, two
-  cheap passes over it instead of a fill and a backward kernel. On a CPU every fresh buffer of that
+  pass, in place in the buffer softmax wrote (the loss comes from the same softmax, see forward): one
+  tokens x vocab buffer instead of three, and no fill or backward kernel. On a CPU every fresh buffer of that
   size is also fresh pages from the OS, so the buffers saved are not just passes saved.
 - Under torch.compile: inductor fuses each line into one kernel, so what counts is what crosses from
   forward to backward. The compiled form saves only the logits (which exist anyway) and one float32
@@ -98,12 +98,21 @@ class _EagerCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None, wants_grad: bool
     ) -> torch.Tensor:
-        # Autocast off: it would first copy bf16 logits to float32; log_softmax(dtype=float32) reads
+        # Autocast off: it would first copy bf16 logits to float32; (log_)softmax(dtype=float32) reads
         # them as they are (fused into the kernel on CUDA).
         with torch.autocast(logits.device.type, enabled=False):
-            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
             rows, weights = _row_weights(targets, ignore_index)
-            picked = log_probs.gather(1, rows[:, None]).squeeze(1)
+            if wants_grad:
+                # softmax is the gradient's main term, and the picked log-probabilities follow from it
+                # exactly: log p_t = x_t - max(x) + log(max p), as max p = 1 / sum(exp(x - max x)). That
+                # log stays within [-log vocab, 0] however small p_t is. Two read-only max passes,
+                # instead of log_softmax and then an exp pass writing the whole buffer again.
+                probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+                target_logits = logits.gather(1, rows[:, None]).squeeze(1).float()
+                picked = target_logits - logits.amax(dim=-1).float() + probs.amax(dim=-1).log()
+            else:
+                log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+                picked = log_probs.gather(1, rows[:, None]).squeeze(1)
             if weights is None:
                 loss = -picked.mean()
                 row_scale = 1.0 / max(len(rows), 1)
@@ -114,9 +123,8 @@ class _EagerCrossEntropy(torch.autograd.Function):
             if wants_grad:
                 # d(mean NLL)/d logits = (softmax - onehot) * row_scale; the row_scale multiply waits for
                 # backward, where it merges with the incoming gradient into one pass.
-                grad = log_probs.exp_()
-                grad.scatter_add_(1, rows[:, None], torch.full_like(picked, -1.0)[:, None])
-                ctx.grad_logits = grad
+                probs.scatter_add_(1, rows[:, None], torch.full_like(picked, -1.0)[:, None])
+                ctx.grad_logits = probs
         return loss
 
     @staticmethod

@@ -39,13 +39,14 @@ def test_stable_for_huge_logits(loss_fn):
 
 
 @BOTH
-def test_bf16_logits_are_computed_in_float32(loss_fn):
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])  # fused: two paths
+def test_bf16_logits_are_computed_in_float32(loss_fn, requires_grad):
     torch.manual_seed(0)
-    logits = (torch.randn(16, 1000, device=DEVICE) * 20).bfloat16()
+    logits = (torch.randn(16, 1000, device=DEVICE) * 20).bfloat16().requires_grad_(requires_grad)
     targets = torch.randint(0, 1000, (16,), device=DEVICE)
     ours = loss_fn(logits, targets)
     assert ours.dtype == torch.float32
-    torch.testing.assert_close(ours, F.cross_entropy(logits.float(), targets))
+    torch.testing.assert_close(ours, F.cross_entropy(logits.detach().float(), targets))
 
 
 @BOTH
