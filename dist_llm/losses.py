@@ -9,8 +9,8 @@ gradient of a mean NLL is simply (softmax(logits) - onehot(target)) / count. It 
   vocab buffer, scatters into it, and runs log_softmax's backward into a third buffer (under autocast
   also first copying bf16 logits to float32). The eager form computes the gradient during the forward
   pass, in place in the buffer softmax wrote (the loss comes from the same softmax, see forward): one
-  tokens x vocab buffer instead of three, and no fill or backward kernel. On a CPU every fresh buffer of that
-  size is also fresh pages from the OS, so the buffers saved are not just passes saved.
+  tokens x vocab buffer instead of three, and no fill or backward kernel. On a CPU every fresh buffer
+  of that size is also fresh pages from the OS, so the buffers saved are not just passes saved.
 - Under torch.compile: inductor fuses each line into one kernel, so what counts is what crosses from
   forward to backward. The compiled form saves only the logits (which exist anyway) and one float32
   logsumexp per row, and its backward is one elementwise pass (softmax from the logits and the
