@@ -102,6 +102,7 @@ class _EagerCrossEntropy(torch.autograd.Function):
         # them as they are (fused into the kernel on CUDA).
         with torch.autocast(logits.device.type, enabled=False):
             rows, weights = _row_weights(targets, ignore_index)
+            ctx.grad_logits, ctx.in_dtype = None, logits.dtype
             if wants_grad:
                 # softmax is the gradient's main term, and the picked log-probabilities follow from it
                 # exactly: log p_t = x_t - max(x) + log(max p), as max p = 1 / sum(exp(x - max x)). That
@@ -110,21 +111,19 @@ class _EagerCrossEntropy(torch.autograd.Function):
                 probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
                 target_logits = logits.gather(1, rows[:, None]).squeeze(1).float()
                 picked = target_logits - logits.amax(dim=-1).float() + probs.amax(dim=-1).log()
+                # d(mean NLL)/d logits = (softmax - onehot) * row_scale; the row_scale multiply waits for
+                # backward, where it merges with the incoming gradient into one pass.
+                probs.scatter_add_(1, rows[:, None], torch.full_like(picked, -1.0)[:, None])
+                ctx.grad_logits = probs
             else:
                 log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
                 picked = log_probs.gather(1, rows[:, None]).squeeze(1)
             if weights is None:
                 loss = -picked.mean()
-                row_scale = 1.0 / max(len(rows), 1)
+                ctx.row_scale = 1.0 / max(len(rows), 1)
             else:
                 loss = -(picked * weights).sum()
-                row_scale = weights[:, None]  # 0 for ignored rows: no gradient
-            ctx.grad_logits, ctx.row_scale, ctx.in_dtype = None, row_scale, logits.dtype
-            if wants_grad:
-                # d(mean NLL)/d logits = (softmax - onehot) * row_scale; the row_scale multiply waits for
-                # backward, where it merges with the incoming gradient into one pass.
-                probs.scatter_add_(1, rows[:, None], torch.full_like(picked, -1.0)[:, None])
-                ctx.grad_logits = probs
+                ctx.row_scale = weights[:, None]  # 0 for ignored rows: no gradient
         return loss
 
     @staticmethod
