@@ -151,6 +151,9 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             elif (moved := outputs.set_aside_previous_run(run_dir)) is not None:
                 say(f"run dir: starting fresh; the previous outputs were moved to {moved}")
             atomic_write_json(run_dir / "config.json", config_dict)
+            # Written now, not with the final model: generate, evaluate and export can then use the
+            # checkpoints of a run that is still going or that stopped early.
+            tokenizer.save(run_dir / "tokenizer")
         distributed.barrier()
 
         # ---- wrappers applied from outside the model: DDP, compile, autocast
@@ -290,7 +293,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         # ---- outputs: final model, sample, loss curve (rank 0)
         finished = step >= plan.total_steps
         if main and finished:
-            outputs.write_final_model(run_dir, model, config_dict, tokenizer)
+            outputs.write_final_model(run_dir, model, config_dict)
             say(f"final model: {run_dir / 'model.safetensors'}")
             if cfg.eval.sample_tokens:
                 say("sample:\n" + outputs.sample_text(model, tokenizer, cfg.eval, cfg.run.seed))
@@ -321,6 +324,10 @@ def _main(argv: list[str], stop: StopRequest) -> int:
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)
+        print("aborted by Ctrl-C, without a final checkpoint; --resume auto continues from the last one",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dist_llm.training.signals import StopRequest
 
 
 def _report_dispositions(queue) -> None:
-    queue.put([signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGUSR1, signal.SIGTERM)])
+    queue.put([signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)])
 
 
 def test_forked_workers_get_the_default_handlers_back() -> None:
@@ -30,8 +31,30 @@ def test_forked_workers_get_the_default_handlers_back() -> None:
         child.start()
         dispositions = queue.get(timeout=60)
         child.join(timeout=60)
-    assert dispositions == [True, True]
+    # SIGINT ignored: Ctrl-C reaches every process of the terminal's group, and the parent handles it.
+    assert dispositions == [signal.SIG_DFL, signal.SIG_DFL, signal.SIG_IGN]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # and restored here on exit
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_ctrl_c_is_a_stop_request_and_a_second_one_aborts() -> None:
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGINT"  # no KeyboardInterrupt: the loop stops at its next step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_ctrl_c_stays_ignored_where_it_was_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow
@@ -56,6 +79,52 @@ def test_signal_during_data_preparation_stops_at_the_first_step(tmp_path: Path) 
     events = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" in r]
     assert events == [{"event": "stop_signal", "step": 1, "signal": "SIGUSR1"}]
     assert (run_dir / "loss.png").is_file()  # the plot reads past the event line
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_a_checkpoint_that_generate_can_use(tmp_path: Path) -> None:
+    """Ctrl-C keeps the work done (the run stops at the next step, with a checkpoint), and the stopped
+    run, which has no final model, is usable by the after-training commands: its tokenizer was saved
+    when the run started."""
+    config = write_tiny_config(tmp_path, max_steps=100_000)
+    run_dir = tmp_path / "run"
+    job = Launched([sys.executable, "-m", "dist_llm.train", "--config", str(config), f"--run.dir={run_dir}"],
+                   tmp_path / "train.log", launch_env(**{PAUSE_ENV: "3"}))
+    try:
+        job.wait_until(lambda: "data: pausing" in job.output(), timeout=180, what="data preparation")
+        os.kill(job.proc.pid, signal.SIGINT)
+        code = job.wait(timeout=180)
+    finally:
+        job.cleanup()
+    output = job.output()
+    assert code == 0, output[-4000:]
+    assert "Ctrl-C: stopping after this step" in output and "Traceback" not in output
+    assert "stopping after step 1: received SIGINT" in output
+    assert list(complete_checkpoints(run_dir)) == [1], output[-4000:]
+    assert not (run_dir / "model.safetensors").exists()  # stopped early: no final model
+    sample = subprocess.run([sys.executable, "-m", "dist_llm.generate", "--run", str(run_dir), "--prompt",
+                             "the cat", "--max-new-tokens", "4", "--seed", "0"],
+                            capture_output=True, text=True, env=launch_env(), timeout=300)
+    assert sample.returncode == 0, sample.stderr[-4000:]
+    assert sample.stdout.startswith("the cat"), sample.stdout
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_without_a_traceback(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path, max_steps=100_000)
+    job = Launched([sys.executable, "-m", "dist_llm.train", "--config", str(config),
+                    f"--run.dir={tmp_path / 'run'}"], tmp_path / "train.log", launch_env(**{PAUSE_ENV: "30"}))
+    try:
+        job.wait_until(lambda: "data: pausing" in job.output(), timeout=180, what="data preparation")
+        os.kill(job.proc.pid, signal.SIGINT)
+        job.wait_until(lambda: "Ctrl-C: stopping" in job.output(), timeout=60, what="the Ctrl-C note")
+        os.kill(job.proc.pid, signal.SIGINT)
+        code = job.wait(timeout=60)  # well before the 30 s pause would end
+    finally:
+        job.cleanup()
+    output = job.output()
+    assert code == 130, output[-4000:]
+    assert "aborted by Ctrl-C" in output and "Traceback" not in output, output[-4000:]
 
 
 def test_early_handlers_are_taken_over_by_the_next_stop_request() -> None:

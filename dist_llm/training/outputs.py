@@ -31,14 +31,13 @@ def set_aside_previous_run(run_dir: Path) -> Path | None:
     return target
 
 
-def write_final_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any],
-                      tokenizer: Tokenizer) -> None:
-    """RUN/model.safetensors (float32, plain names) + config.json + tokenizer/, each written atomically."""
+def write_final_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """RUN/model.safetensors (float32, plain names) + config.json, each written atomically (RUN/tokenizer/
+    is written when the run starts)."""
     tensors = {k: v.float() for k, v in model_state_for_saving(model).items()}
     atomic_write(run_dir / "model.safetensors",
                  lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_json(run_dir / "config.json", config)
-    tokenizer.save(run_dir / "tokenizer")
 
 
 def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, seed: int) -> str:

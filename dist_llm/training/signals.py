@@ -1,9 +1,13 @@
-"""Stop requests: SIGUSR1/SIGTERM set a flag; the loop finishes its step, checkpoints and exits 0.
+"""Stop requests: SIGUSR1/SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits 0.
 
 SLURM sends SIGUSR1 (`--signal=USR1@120`) or SIGTERM before a job's time runs out; the requeue logic
 built on top only needs this process to leave a fresh checkpoint and exit cleanly. A handler only sets
 a flag (doing real work inside a signal handler is unsafe); ranks agree on it with one all-reduce, so
 every rank stops after the same step.
+
+Ctrl-C (SIGINT) is a stop request too, so a laptop user who presses it keeps the work since the last
+checkpoint; a second Ctrl-C raises KeyboardInterrupt as usual, to abort at once. A process started with
+SIGINT ignored (a background job of a non-interactive shell) keeps ignoring it, as Python itself does.
 
 The handlers are installed before the trainer imports torch (catch_stop_signals_early, taken over by
 the StopRequest of main()), so a signal that arrives during imports, process-group setup, data
@@ -12,7 +16,8 @@ it killed the process, or was lost where the launcher ignores it). Only the inte
 start-up, before the first line of dist_llm/train.py, is left uncovered.
 Worker processes forked meanwhile (the tokenizer's and the corpus preparation's pools) get the previous
 dispositions back through a fork hook: a pool stops its workers with SIGTERM, and a worker that only
-set a flag would never exit. Spawned workers start a fresh interpreter and have the defaults anyway.
+set a flag would never exit. They ignore SIGINT: the parent handles Ctrl-C and ends its pools. Spawned
+workers start a fresh interpreter and have the defaults anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 _installed: list[StopRequest] = []  # the requests whose handlers are live in this process
 _early: list[StopRequest] = []  # at most one: installed by catch_stop_signals_early, not yet taken over
@@ -34,6 +39,10 @@ def _restore_in_forked_child() -> None:
         # ValueError: not the child's main thread, where nothing can be set (and nothing was inherited)
         with contextlib.suppress(ValueError):
             request._restore_previous()
+            if signal.SIGINT in request._previous:
+                # Ctrl-C in a terminal reaches every process of the group. A pool worker killed by it
+                # would lose its task and leave the parent waiting forever; the parent decides instead.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
     _installed.clear()
 
 
@@ -57,11 +66,18 @@ class StopRequest:
         self._previous: dict[signal.Signals, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            if self.received is not None:
+                raise KeyboardInterrupt  # the second stop request by Ctrl-C: abort now
+            # os.write, not print: the main thread may be inside a print of its own when this runs.
+            os.write(2, b"\nCtrl-C: stopping after this step, with a checkpoint; Ctrl-C again aborts now\n")
         self.received = signal.Signals(signum).name
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.signals:
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # started with Ctrl-C ignored on purpose: leave it so
                 self._previous[sig] = signal.signal(sig, self._handle)
             _installed.append(self)
             if _early and _early[0] is not self:
