@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 import subprocess
@@ -58,12 +59,17 @@ def nasty_docs(rng: random.Random, n: int) -> list[str]:
 
 def expected_ids(tok: Tokenizer, docs_by_file: dict[str, list[str]],
                  val_fraction: float) -> dict[str, list[int]]:
-    """The token files' content computed from the documents themselves: encode(doc) + [sep], in order."""
+    """The token files' content computed from the documents themselves: encode(doc) + [sep], in order;
+    where that leaves a split empty, val is the last val_fraction of all the tokens (at least one)."""
     sep = tok.token_id(SEP)
     out = {"train": [], "val": []}
     for name, docs in docs_by_file.items():
         for i, doc in enumerate(docs):
             out["val" if is_validation_doc(name, i, val_fraction) else "train"] += tok.encode(doc) + [sep]
+    if val_fraction > 0 and not (out["train"] and out["val"]):
+        stream = out["train"] + out["val"]  # one of them is empty: the stream in input order
+        cut = len(stream) - max(1, math.ceil(len(stream) * val_fraction))
+        out = {"train": stream[:cut], "val": stream[cut:]}
     return out
 
 
@@ -299,3 +305,59 @@ def test_cli_prepares_and_reports(tmp_path, tok, capsys):
     assert main(["--input", str(tmp_path / "nope.txt"), "--tokenizer", str(tmp_path / "tok"),
                  "--out", str(tmp_path / "o")]) == 1
     assert "nope.txt: no such file" in capsys.readouterr().err
+
+
+def test_one_document_corpus_holds_out_its_last_tokens(tmp_path, tok, capsys):
+    """A file without separators (nanoGPT's tinyshakespeare, say) is one document, which whole-document
+    hashing puts in one split: val is then the last val_fraction of the tokens, so training can run."""
+    doc = " ".join(nasty_docs(random.Random(7), 30))
+    (tmp_path / "one.txt").write_text(doc, encoding="utf-8")
+    stream = tok.encode(doc) + [tok.token_id(SEP)]
+    meta = prepare_corpus([tmp_path / "one.txt"], tok, tmp_path / "out", workers=1, val_fraction=0.1,
+                          progress=False)
+    num_val = math.ceil(len(stream) * 0.1)
+    assert read_split(tmp_path / "out", "train") == stream[:-num_val]
+    assert read_split(tmp_path / "out", "val") == stream[-num_val:]
+    assert meta["val_split"] == "last tokens"
+    assert {s: meta["splits"][s]["num_documents"] for s in ("train", "val")} == {"train": 0, "val": 1}
+    assert "val is the last 0.1 of the tokens" in capsys.readouterr().err
+    assert MemmapTokens(tmp_path / "out", "val", 16, tok.fingerprint).num_tokens == num_val
+
+
+def test_one_document_hashed_into_val_still_leaves_the_head_for_train(tmp_path, tok):
+    name = next(f"doc{i}.txt" for i in range(100) if is_validation_doc(f"doc{i}.txt", 0, 0.5))
+    doc = " ".join(nasty_docs(random.Random(8), 20))
+    (tmp_path / name).write_text(doc, encoding="utf-8")
+    stream = tok.encode(doc) + [tok.token_id(SEP)]
+    meta = prepare_corpus([tmp_path / name], tok, tmp_path / "out", workers=1, val_fraction=0.5,
+                          progress=False)
+    cut = len(stream) - math.ceil(len(stream) * 0.5)
+    assert read_split(tmp_path / "out", "train") == stream[:cut]
+    assert read_split(tmp_path / "out", "val") == stream[cut:]
+    assert meta["val_split"] == "last tokens"
+
+
+def test_documents_in_both_splits_keep_the_whole_document_rule(tmp_path, tok):
+    docs = nasty_docs(random.Random(9), 60)
+    write_txt(tmp_path / "a.txt", docs, "newlines")
+    meta = prepare_corpus([tmp_path / "a.txt"], tok, tmp_path / "out", workers=1, val_fraction=0.3,
+                          progress=False)
+    assert meta["val_split"] == "documents" and meta["splits"]["val"]["num_documents"] > 0
+    assert read_split(tmp_path / "out", "val") == expected_ids(tok, {"a.txt": docs}, 0.3)["val"]
+
+
+def test_an_empty_val_split_from_an_older_build_is_rebuilt(tmp_path, tok, capsys):
+    (tmp_path / "one.txt").write_text("the cat " * 200, encoding="utf-8")
+    out = tmp_path / "out"
+    prepare_corpus([tmp_path / "one.txt"], tok, out, workers=1, progress=False)
+    # What a build before the last-tokens rule left: every token in train, val empty.
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "train.bin").write_bytes((out / "train.bin").read_bytes() + (out / "val.bin").read_bytes())
+    (out / "val.bin").write_bytes(b"")
+    meta["splits"]["train"]["num_tokens"] += meta["splits"]["val"]["num_tokens"]
+    meta["splits"]["val"]["num_tokens"] = 0
+    (out / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    meta = prepare_corpus([tmp_path / "one.txt"], tok, out, workers=1, progress=False)
+    assert "up to date" not in capsys.readouterr().out
+    assert meta["splits"]["val"]["num_tokens"] > 0 and (out / "val.bin").stat().st_size > 0

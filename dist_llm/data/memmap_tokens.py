@@ -52,7 +52,8 @@ class MemmapTokens:
             raise DataError(
                 f"split {split!r} of {self.data_dir} has {self.num_tokens} tokens, fewer than one window of "
                 f"context_length + 1 = {context_length + 1}; use a shorter context_length, more data, or "
-                "(for val) a larger --val-fraction")
+                "(for val) a larger validation fraction (data.val_fraction in the trainer, --val-fraction "
+                "for dist_llm.data.prepare)")
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
         # Offsets of one window relative to its start, reused by every gather.
         self._offsets = np.arange(context_length + 1, dtype=np.int64)

@@ -7,7 +7,9 @@ Output in DIR: `train.bin` and `val.bin` (raw little-endian uint16 when the voca
 each document's tokens followed by the separator id: `doc0 <sep> doc1 <sep> ...`, so a model learns
 to end a document and every token file ends with a separator. A document goes to `val` when a hash of
 its file name and its index in that file falls below `val_fraction`: whole documents, the same choice
-on every run and every machine, and independent of the number of workers or the chunk size.
+on every run and every machine, and independent of the number of workers or the chunk size. When that
+leaves a split empty (a corpus of one document, or very few), `val` is instead the last `val_fraction`
+of the tokens, as nanoGPT splits its single-file datasets (see _cut_validation_tail).
 
 How it stays fast and bounded: the main process cuts the inputs into chunks of about `chunk_size`
 bytes on document boundaries (sources.py), hands each chunk to a pool worker that tokenizes it, and
@@ -27,6 +29,7 @@ import argparse
 import collections
 import contextlib
 import hashlib
+import math
 import multiprocessing
 import os
 import sys
@@ -193,6 +196,8 @@ def _cached_meta(out_dir: Path, files: list[Path], fingerprint: str, options: di
             path = out_dir / info["file"]
             if not path.exists() or path.stat().st_size != expected:
                 return None
+        if options["val_fraction"] > 0 and meta["splits"]["val"]["num_tokens"] == 0:
+            return None  # built before the last-tokens rule (_cut_validation_tail), which fills val
     except (KeyError, TypeError, ValueError):  # a meta.json edited by hand: rebuild rather than trust it
         return None
     current = describe_inputs(files, meta.get("inputs"))
@@ -268,6 +273,10 @@ def prepare_corpus(
                 bar.update(result.num_bytes)
         if totals["train_docs"] + totals["val_docs"] == 0:
             raise DataError(f"empty corpus: no documents in {', '.join(str(f) for f in files)}")
+        val_split = "documents"
+        if val_fraction > 0 and (totals["train_docs"] == 0 or totals["val_docs"] == 0):
+            _cut_validation_tail(tmp, totals, val_fraction, dtype, tokenizer.token_id(separator))
+            val_split = "last tokens"
         for split in SPLITS:
             _fsync_and_replace(tmp[split], out_dir / f"{split}.bin")
     finally:
@@ -294,6 +303,7 @@ def prepare_corpus(
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "splits": {s: {"file": f"{s}.bin", "num_tokens": totals[f"{s}_tokens"],
                        "num_documents": totals[f"{s}_docs"]} for s in SPLITS},
+        "val_split": val_split,
         "num_input_bytes": totals["bytes"],
         "bytes_per_token": totals["bytes"] / max(num_tokens, 1),
         "options": options,
@@ -303,6 +313,28 @@ def prepare_corpus(
     write_meta(out_dir, meta)
     _print_summary(meta, out_dir, seconds)
     return meta
+
+
+def _cut_validation_tail(tmp: dict[str, Path], totals: dict[str, int], val_fraction: float,
+                         dtype: np.dtype, sep_id: int) -> None:
+    """Whole documents left one split empty: make `val` the last val_fraction of all the tokens instead
+    (at least one token), cut from the end of the token stream in input order. A document counts in the
+    split that holds its separator, so the one cut in two counts in `val`."""
+    if totals["train_docs"] == 0:  # everything went to val: it is the whole stream, in input order
+        os.replace(tmp["val"], tmp["train"])
+        tmp["val"].write_bytes(b"")
+    num_tokens = totals["train_tokens"] + totals["val_tokens"]
+    num_docs = totals["train_docs"] + totals["val_docs"]
+    cut = num_tokens - max(1, math.ceil(num_tokens * val_fraction))
+    val_docs = 0
+    with open(tmp["train"], "r+b") as src, open(tmp["val"], "wb") as dst:
+        src.seek(cut * dtype.itemsize)
+        while (block := np.fromfile(src, dtype=dtype, count=1 << 20)).size:  # bounded memory
+            block.tofile(dst)
+            val_docs += int(np.count_nonzero(block == sep_id))
+        src.truncate(cut * dtype.itemsize)
+    totals.update(train_tokens=cut, val_tokens=num_tokens - cut, train_docs=num_docs - val_docs,
+                  val_docs=val_docs)
 
 
 def _on_chunk_written(totals: dict[str, int]) -> None:
@@ -324,9 +356,11 @@ def _print_summary(meta: dict, out_dir: Path, seconds: float) -> None:
           f"{s['train']['num_tokens']:,} train + {s['val']['num_tokens']:,} val tokens ({meta['dtype']}), "
           f"{meta['bytes_per_token']:.2f} bytes/token, {mb:.1f} MB in {seconds:.1f} s "
           f"({mb / max(seconds, 1e-9):.2f} MB/s)")
-    if s["val"]["num_documents"] == 0 and meta["options"]["val_fraction"] > 0:
-        print(f"warning: the val split is empty ({s['train']['num_documents']} documents in all); separate "
-              f"documents with {meta['separator']!r} or raise --val-fraction", file=sys.stderr)
+    if meta["val_split"] == "last tokens":
+        num_docs = s["train"]["num_documents"] + s["val"]["num_documents"]
+        print(f"note: whole documents left a split empty ({num_docs} in all), so val is the last "
+              f"{meta['options']['val_fraction']:g} of the tokens instead; separate documents with "
+              f"{meta['separator']!r} to hold out whole ones", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
