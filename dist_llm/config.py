@@ -308,6 +308,11 @@ def validate(cfg: RunConfig) -> None:
     _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))
     _require(cfg.dist.device.split(":")[0] in ("auto", "cuda", "mps", "cpu"), "dist.device",
              f"must be auto, cuda[:N], mps or cpu; got {cfg.dist.device!r}")
+    if not cfg.tokenizer.path and not cfg.run.init_from:  # this run trains its BPE tokenizer
+        smallest = 256 + len(set(cfg.tokenizer.special_tokens))
+        _require(m.vocab_size >= smallest, "model.vocab_size",
+                 f"({m.vocab_size}) is too small for the tokenizer this run trains: at least 256 single "
+                 f"bytes + {smallest - 256} special token(s) = {smallest}")
     val_fraction = cfg.data.val_fraction
     _require(0 < val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {val_fraction}")
     _require(o.min_lr <= o.max_lr, "optim.min_lr", f"({o.min_lr}) must not exceed optim.max_lr ({o.max_lr})")

@@ -42,6 +42,8 @@ def test_overrides_in_both_forms_and_precedence(tmp_path):
     (["--train.global_batch_tokens=1000"], "'train.global_batch_tokens' (1000) must be a positive multiple"),
     (["--train.max_steps=0"], "give at least one run length"),
     (["--checkpoint.keep_last=0"], "'checkpoint.keep_last' must be >= 1"),
+    (["--model.vocab_size=100"], "'model.vocab_size' (100) is too small for the tokenizer this run trains: "
+                                 "at least 256 single bytes + 1 special token(s) = 257"),
     (["--optim.max_lr"], "'--optim.max_lr' needs a value"),
     (["stray"], "unexpected argument 'stray'"),
     (["--config", "/nonexistent/x.toml"], "config file not found: /nonexistent/x.toml"),
@@ -129,3 +131,9 @@ def test_model_section_converts_to_model_config_including_fused_ops():
     model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
     assert model_cfg.fused_ops is False and model_cfg.attn_impl == "reference"
     assert ModelConfig.from_dict(dataclasses.asdict(parse_args([]).model)).fused_ops is True
+
+
+def test_a_small_vocab_is_fine_with_a_given_tokenizer():
+    # The 257 floor is for a tokenizer trained by the run; a given one is checked against its real size.
+    assert parse_args(["--model.vocab_size=100", "--tokenizer.path=tok"]).model.vocab_size == 100
+    assert parse_args(["--model.vocab_size=257"]).model.vocab_size == 257
