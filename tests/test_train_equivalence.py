@@ -49,8 +49,11 @@ def test_global_batch_not_divisible_by_ranks_names_the_values(tiny_data, tmp_pat
 
     cfg = parse_args(tiny_train_args(tiny_data, tmp_path / "r", "--train.global_batch_tokens=768"))
     with pytest.raises(ConfigError, match=r"24 sequences of 32 tokens\) is not divisible by "
-                                          r"train.micro_batch_size \(4\) x world size \(4\) = 16"):
-        make_plan(cfg, world_size=4, train_windows=10_000)
+                                          r"train.micro_batch_size \(4\) x world size \(4\) = 16 sequences; "
+                                          r"pick .*, or keep it with --train.micro_batch_size=3$"):
+        make_plan(cfg, world_size=4, train_windows=10_000)  # 6 sequences per rank: micro-batches of 3
+    with pytest.raises(ConfigError, match=r"pick a global batch that is a multiple of it$"):
+        make_plan(cfg, world_size=5, train_windows=10_000)  # no micro-batch splits 24 over 5 ranks
     plan = make_plan(cfg, world_size=2, train_windows=10_000)
     assert (plan.accum_steps, plan.global_batch_seqs) == (3, 24)
 

@@ -29,10 +29,14 @@ def make_plan(cfg: RunConfig, world_size: int, train_windows: int) -> RunPlan:
     seqs = t.global_batch_tokens // ctx
     per_micro_step = t.micro_batch_size * world_size
     if seqs % per_micro_step:
+        fix = "pick a global batch that is a multiple of it"
+        if seqs % world_size == 0:  # a smaller micro-batch keeps the global batch: more accumulation
+            fitting = max(b for b in range(1, t.micro_batch_size) if (seqs // world_size) % b == 0)
+            fix += f", or keep it with --train.micro_batch_size={fitting}"
         raise ConfigError(
             f"'train.global_batch_tokens' ({t.global_batch_tokens} = {seqs} sequences of {ctx} tokens) is "
             f"not divisible by train.micro_batch_size ({t.micro_batch_size}) x world size ({world_size}) = "
-            f"{per_micro_step} sequences; pick a global batch that is a multiple of it")
+            f"{per_micro_step} sequences; {fix}")
     steps_per_epoch = train_windows / seqs
     if steps_per_epoch < 1:
         raise ConfigError(f"'train.global_batch_tokens' ({t.global_batch_tokens}) is larger than the whole "
