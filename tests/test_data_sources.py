@@ -95,6 +95,24 @@ def test_invalid_utf8_names_file_and_offset(tmp_path):
     assert "caf\ufffd au lait" in text
 
 
+def test_invalid_utf8_in_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n' * 20 + b'{"text": "caf\xe9"}\n')
+    chunks = list(iter_chunks(path, 64, SEP))  # several chunks: the line is counted from the file start
+    assert len(chunks) > 1
+    with pytest.raises(DataError, match=r"bad\.jsonl:21: invalid UTF-8 at byte offset 313 "):
+        [piece for c in chunks for piece in split_chunk(c, SEP)]
+
+
+@pytest.mark.parametrize(("name", "content"), [("bom.txt", f"\ufeffhello{SEP}world"),
+                                               ("bom.jsonl", '\ufeff{"text": "hello"}\n{"text": "world"}\n')])
+def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    docs = [text for c in iter_chunks(path, 4096, SEP) for _, text, _ in split_chunk(c, SEP)]
+    assert docs == ["hello", "world"]
+
+
 def test_resolve_inputs_dirs_globs_and_errors(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("b.txt", "a.jsonl", "sub/c.txt.gz", "notes.md", ".hidden.txt"):

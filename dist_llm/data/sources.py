@@ -204,8 +204,12 @@ def decode_chunk(chunk: Chunk, replace_invalid_utf8: bool) -> str:
         return chunk.data.decode("utf-8", errors="replace" if replace_invalid_utf8 else "strict")
     except UnicodeDecodeError as e:
         where = "in the decompressed stream" if chunk.path.lower().endswith(".gz") else "in the file"
+        line = ""
+        if chunk.kind == "jsonl":  # a .jsonl chunk starts at a line: its JSON errors give file:line too
+            newlines = chunk.data.count(b"\n", 0, e.start)
+            line = f":{chunk.first_doc + newlines + 1}"
         raise DataError(
-            f"{chunk.path}: invalid UTF-8 at byte offset {chunk.start + e.start} {where} ({e.reason}); "
+            f"{chunk.path}{line}: invalid UTF-8 at byte offset {chunk.start + e.start} {where} ({e.reason}); "
             "fix the file or pass --replace-invalid-utf8 (replace_invalid_utf8=True) to substitute U+FFFD"
         ) from None
 
@@ -222,6 +226,9 @@ def split_chunk(chunk: Chunk, separator: str,
                 replace_invalid_utf8: bool = False) -> Iterator[tuple[int, str, bool]]:
     """(document index, text piece, whether the document ends with this piece) for each piece."""
     text = decode_chunk(chunk, replace_invalid_utf8)
+    if chunk.start == 0:
+        # A byte-order mark (Windows editors write one) marks the encoding; it is not the text's.
+        text = text.removeprefix("\ufeff")
     if chunk.kind == "jsonl":
         yield from _split_jsonl(chunk, text)
         return
