@@ -118,6 +118,7 @@ def test_unsupported_hf_models_are_refused_with_the_reason(hf_dir, tmp_path, cap
     assert export_main(["import-hf", "--model", str(src), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and str(src) in err
+    assert err.count(str(src / "config.json")) <= 1  # the file is named once, not once per wrapping
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad"]  # no staging directory left behind
 

@@ -210,6 +210,7 @@ def from_hf_config(hf: dict[str, Any], source: str) -> ModelConfig:
     problems = [what for what, present in unsupported if present]
     if problems:
         raise UnsupportedModelError(f"{source}: unsupported for import: {'; '.join(problems)}")
+    rope_theta = _rope_theta(hf, source)  # outside the try below: its errors already name the source
     try:
         return ModelConfig(
             vocab_size=hf["vocab_size"],
@@ -218,7 +219,7 @@ def from_hf_config(hf: dict[str, Any], source: str) -> ModelConfig:
             num_layers=hf["num_hidden_layers"],
             num_heads=heads,
             d_ff=hf["intermediate_size"],
-            rope_theta=_rope_theta(hf, source),
+            rope_theta=rope_theta,
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         )
     except ValueError as e:
