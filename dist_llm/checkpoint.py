@@ -123,6 +123,12 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
 
 # ---------------------------------------------------------------- durable writes
 
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # atomic_write although the whole directory is renamed once complete: it also fsyncs, and gives the
+    # file the permissions of a plain open() (safetensors >= 0.8 alone makes it 0600)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -146,13 +152,11 @@ def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torc
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state, tmp / MODEL_FILE, metadata={"format": "pt"})
-    fsync_path(tmp / MODEL_FILE)
+    _save_tensors(tmp / MODEL_FILE, model_state)
     _crash_if_requested(step)
     if optimizer_state is not None:
         tensors, meta = split_optimizer_state(optimizer_state)
-        save_file(tensors, tmp / OPTIMIZER_TENSORS, metadata={"format": "pt"})
-        fsync_path(tmp / OPTIMIZER_TENSORS)
+        _save_tensors(tmp / OPTIMIZER_TENSORS, tensors)
         _write_json(tmp / OPTIMIZER_JSON, meta)
     _write_json(tmp / TRAINER_STATE, trainer_state)
     _write_json(tmp / CONFIG, config)

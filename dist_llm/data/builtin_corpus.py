@@ -146,7 +146,6 @@ def builtin_corpus_path(cache_dir: str | Path, modules: list[str] | None = None)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"gathering the stdlib docs corpus failed:\n{proc.stderr[-2000:]}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is ordinary data
 
     atomic_write(path, gather_into)
     return path

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from dist_llm.atomic_io import atomic_write, atomic_write_json
+from dist_llm.atomic_io import atomic_write, atomic_write_json, make_temp_dir
 from dist_llm.export import hf_llama
 from dist_llm.export.hf_llama import UnsupportedModelError
 from dist_llm.export.hf_tokenizer import TokenizerNotConvertible, tokenizer_from_json, write_hf_tokenizer
@@ -41,7 +40,7 @@ def _staged_output_dir(out_dir: Path) -> Iterator[Path]:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir}: output directory exists and is not empty; choose a new --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = make_temp_dir(out_dir.parent, f".{out_dir.name}.", ".partial")
     try:
         yield staging
         if out_dir.exists():
