@@ -135,7 +135,8 @@ def run_evaluation(args: argparse.Namespace, ctx: distributed.DistContext) -> di
     model, tokenizer, source = load_pretrained(run=args.run, checkpoint=args.checkpoint, device=ctx.device)
     if source.note and ctx.is_main:
         print(f"note: {source.note}", file=sys.stderr)
-    context_length = args.context_length or model.config.context_length
+    # `is None`, not `or`: --context-length 0 is a value to refuse, not a request for the default
+    context_length = model.config.context_length if args.context_length is None else args.context_length
     if not 0 < context_length <= model.config.context_length:
         raise ValueError(
             f"--context-length {context_length} must be in [1, {model.config.context_length}] "

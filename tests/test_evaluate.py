@@ -98,6 +98,8 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path, capsys):
         (["--run", str(run), "--data", str(tmp_path)], "meta.json not found"),
         (["--run", str(run), "--data", str(data), "--split", "test"], "has no split 'test'"),
         (["--run", str(run), "--data", str(data), "--context-length", "17"], "--context-length 17 must be"),
+        # 0 is refused like 17, not taken for "the default"
+        (["--run", str(run), "--data", str(data), "--context-length", "0"], "--context-length 0 must be in"),
     ]
     for argv, message in cases:
         assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "x.json")]) == 2
