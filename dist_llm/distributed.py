@@ -89,8 +89,12 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
     return LaunchEnv(0, 0, 1, "127.0.0.1", 29500, "single")
 
 
-def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """CUDA (this rank's local GPU) > MPS > CPU for "auto"; an explicit request must be available."""
+def select_device(requested: str = "auto", local_rank: int = 0, *,
+                  option: str = "dist.device") -> torch.device:
+    """CUDA (this rank's local GPU) > MPS > CPU for "auto"; an explicit request must be available.
+
+    `option` is what the user set, named in the error: the trainer's config key, or a command's --device.
+    """
     name = requested
     if name == "auto":
         if torch.cuda.is_available():
@@ -104,7 +108,7 @@ def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         return resolve_device(name)
     except ValueError as e:
-        raise DistributedError(f"dist.device={requested!r}: {e}") from None
+        raise DistributedError(f"{option}={requested!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -126,12 +130,16 @@ class DistContext:
 
 @contextlib.contextmanager
 def distributed_context(device: str = "auto", backend: str = "auto", timeout_s: int = 1800,
-                        env: Mapping[str, str] | None = None) -> Iterator[DistContext]:
-    """Set the device, create the process group if there are several ranks, and always tear it down."""
+                        env: Mapping[str, str] | None = None, *,
+                        device_option: str = "dist.device") -> Iterator[DistContext]:
+    """Set the device, create the process group if there are several ranks, and always tear it down.
+
+    `device_option` names where `device` came from in errors (see select_device).
+    """
     launch = read_launch_env(env)
     if not 0 <= launch.rank < launch.world_size:
         raise DistributedError(f"rank {launch.rank} is outside world size {launch.world_size}")
-    dev = select_device(device, launch.local_rank)
+    dev = select_device(device, launch.local_rank, option=device_option)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # before init_process_group, so NCCL binds this rank to its own GPU
     if launch.world_size == 1:

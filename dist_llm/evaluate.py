@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out) if args.out else Path(args.run or args.checkpoint) / f"eval_{args.split}.json"
     try:
-        with distributed.distributed_context(device=args.device) as ctx:
+        with distributed.distributed_context(device=args.device, device_option="--device") as ctx:
             result = run_evaluation(args, ctx)
     except (PretrainedError, DataError, distributed.DistributedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

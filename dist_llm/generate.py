@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(parser, args)
     out = sys.stdout
     try:
-        device = select_device(args.device)
+        device = select_device(args.device, option="--device")
         model, tokenizer, source = load_pretrained(run=args.run, checkpoint=args.checkpoint, device=device)
     except (PretrainedError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)

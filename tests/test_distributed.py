@@ -57,6 +57,18 @@ def test_device_choice():
             select_device("cuda")
 
 
+def test_a_missing_device_is_named_as_the_user_set_it():
+    # cuda:99 exists on no machine, with CUDA or without: the error names the trainer's config key by
+    # default and a command's own flag when it says so
+    with pytest.raises(DistributedError, match=r"^dist\.device='cuda:99': "):
+        select_device("cuda:99")
+    with pytest.raises(DistributedError, match=r"^--device='cuda:99': "):
+        select_device("cuda:99", option="--device")
+    with pytest.raises(DistributedError, match=r"^--device='cuda:99': "), \
+            distributed_context(device="cuda:99", env={}, device_option="--device"):
+        pass
+
+
 def test_single_process_context_has_no_group():
     with distributed_context(device="cpu", env={}) as ctx:
         assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main) == (0, 1, None, True)

@@ -107,6 +107,13 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_missing_device_names_the_flag_not_the_trainer_key(setup, tmp_path, capsys):
+    run, data, _, _ = setup
+    assert main(["--run", str(run), "--data", str(data), "--device", "cuda:99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device='cuda:99': ") and "dist.device" not in err
+
+
 def test_data_from_another_tokenizer_is_refused(setup, tmp_path, capsys):
     run, data, _, _ = setup
     other = train_tiny_tokenizer(tmp_path, vocab_size=300)

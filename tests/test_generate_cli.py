@@ -194,6 +194,13 @@ def test_unavailable_device_is_a_clear_error(run, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+def test_a_missing_device_names_the_flag_not_the_trainer_key(run, capsys):
+    run_dir, _, _ = run
+    assert main(["--run", str(run_dir), "--prompt", "x", "--device", "cuda:99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device='cuda:99': ") and "dist.device" not in err
+
+
 def test_truncated_final_model_is_a_clear_error(tmp_path, capsys):
     tokenizer = train_tiny_tokenizer(tmp_path)
     run_dir = make_run(tmp_path / "run", tokenizer, random_model(tokenizer.vocab_size))

@@ -81,6 +81,11 @@ def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
     assert "d_ff: checkpoint 64 vs run 96" in err and "num_layers: checkpoint 2 vs run 1" in err
 
 
+def test_a_missing_device_names_the_config_key(tmp_path, capsys):
+    assert main([f"--run.dir={tmp_path / 'run'}", "--dist.device=cuda:99"]) == 1
+    assert capsys.readouterr().err.startswith("error: dist.device='cuda:99': ")
+
+
 @pytest.fixture
 def nan_at_micro_step(monkeypatch):
     """Make the training loss NaN at the given (1-based) training micro-step."""
