@@ -60,12 +60,22 @@ def prompt_ids(prompt: str, tokenizer: Tokenizer) -> list[int]:
     return [eot]
 
 
+def fit_context(ids: list[int], context_length: int) -> list[int]:
+    """The prompt ids the model conditions on: all of them, or the last context_length with a note on
+    stderr (generate_stream crops the same way, but with a Python warning, meant for library callers)."""
+    if len(ids) <= context_length:
+        return ids
+    print(f"note: the prompt of {len(ids)} tokens is longer than the model's context of {context_length}; "
+          f"generating from its last {context_length} tokens", file=sys.stderr)
+    return ids[-context_length:]
+
+
 def stream_sample(
-    model: TransformerLM, tokenizer: Tokenizer, prompt: str, out: TextIO, *, max_new_tokens: int,
-    temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+    model: TransformerLM, tokenizer: Tokenizer, prompt: str, ids: list[int], out: TextIO, *,
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
 ) -> str:  # fmt: skip
-    """Write the prompt and then the continuation to `out` as tokens arrive; returns the continuation."""
-    ids = prompt_ids(prompt, tokenizer)
+    """Write the prompt and then the continuation of its `ids` to `out` as tokens arrive; returns the
+    continuation."""
     out.write(prompt)
     out.flush()
     new_ids = generate_stream(
@@ -149,12 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with torch.inference_mode():
         for prompt in _prompts(args.prompt):
+            try:
+                ids = fit_context(prompt_ids(prompt, tokenizer), model.config.context_length)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             for i in range(args.num_samples):
                 if args.num_samples > 1:
                     out.write(f"--- sample {i + 1}/{args.num_samples} ---\n")
                 try:
                     stream_sample(
-                        model, tokenizer, prompt, out, max_new_tokens=args.max_new_tokens,
+                        model, tokenizer, prompt, ids, out, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         seed=None if args.seed is None else args.seed + i,
                     )  # fmt: skip

@@ -194,6 +194,29 @@ def test_unavailable_device_is_a_clear_error(run, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+def test_a_prompt_longer_than_the_context_is_a_note_not_a_python_warning(run):
+    run_dir, model, tokenizer = run
+    prompt = "The quick brown fox jumps over the lazy dog. " * 4
+    ids = tokenizer.encode(prompt)
+    ctx = model.config.context_length
+    assert len(ids) > ctx
+    # A subprocess: the default warning filters, and what a user sees on the terminal.
+    result = subprocess.run(
+        [sys.executable, "-m", "dist_llm.generate", "--run", str(run_dir), "--prompt", prompt,
+         "--max-new-tokens", "4", "--temperature", "0", "--num-samples", "2", "--device", "cpu"],
+        capture_output=True, text=True, encoding="utf-8", timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    note = (f"note: the prompt of {len(ids)} tokens is longer than the model's context of {ctx}; "
+            f"generating from its last {ctx} tokens\n")
+    assert result.stderr.count(note) == 1  # once per prompt, not per sample
+    assert "Warning" not in result.stderr and "_contextlib" not in result.stderr
+    expected = tokenizer.decode(generate(model, ids[-ctx:], 4, temperature=0.0,
+                                         eos_id=tokenizer.token_id(END_OF_TEXT)))
+    assert result.stdout.count(prompt + expected + "\n") == 2
+
+
 def test_a_missing_device_names_the_flag_not_the_trainer_key(run, capsys):
     run_dir, _, _ = run
     assert main(["--run", str(run_dir), "--prompt", "x", "--device", "cuda:99"]) == 2

@@ -75,9 +75,15 @@ def test_chunked_prefill_with_cache_equals_full_forward(attn_impl):
 def test_long_prompt_is_cropped_with_a_warning(model):
     prompt = list(range(40))
     expected = "longer than the model's context_length=16; keeping only its last 16"
-    with pytest.warns(UserWarning, match=expected):
+    with pytest.warns(UserWarning, match=expected) as caught:
         out = generate(model, prompt, 5, temperature=0)
     assert out == _greedy_without_cache(model, prompt[-CTX:], 5)
+    # The warning points at the caller's line, not into torch's no_grad wrapper of the generator.
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(UserWarning, match=expected) as caught:
+        stream = generate_stream(model, prompt, 5, temperature=0)  # at the call, before any next()
+    assert [w.filename for w in caught] == [__file__]
+    assert list(stream) == out
 
 
 def test_seed_reproducible_and_global_rng_untouched(model):

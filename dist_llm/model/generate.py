@@ -55,7 +55,6 @@ def sample_next(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-@torch.no_grad()
 def generate_stream(
     model: TransformerLM,
     prompt_ids: Sequence[int] | torch.Tensor,
@@ -69,8 +68,23 @@ def generate_stream(
     """Yield new token ids one at a time. eos_id, if sampled, ends the stream and is not yielded.
 
     temperature=0 is greedy. seed makes sampling reproducible through a private torch.Generator; the
-    global RNG is never touched. Runs under whatever autocast context the caller set up.
+    global RNG is never touched. Runs under whatever autocast context the caller set up. Bad arguments
+    raise here, not at the first next(); a prompt longer than the context is cropped with a warning.
     """
+    ids = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    return _sample_stream(model, ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
+
+
+def _checked_prompt(
+    model: TransformerLM,
+    prompt_ids: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+) -> list[int]:
+    """Check the arguments; the prompt ids as a list that fits the context. Called directly by generate
+    and generate_stream, so the warning's stacklevel=3 names the line that called them."""
     cfg = model.config
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -85,10 +99,26 @@ def generate_stream(
         warnings.warn(
             f"prompt of {len(ids)} tokens is longer than the model's context_length={cfg.context_length}; "
             f"keeping only its last {cfg.context_length} tokens",
-            stacklevel=2,
+            stacklevel=3,
         )
         ids = ids[-cfg.context_length :]
+    return ids
 
+
+# A generator body runs at the first next(), under torch's no_grad wrapper: hence the checks above,
+# done at the call, where an error or a warning can name the caller's line.
+@torch.no_grad()
+def _sample_stream(
+    model: TransformerLM,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    eos_id: int | None,
+    seed: int | None,
+) -> Iterator[int]:
+    cfg = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     if seed is None:
@@ -129,6 +159,5 @@ def generate(
     seed: int | None = None,
 ) -> list[int]:
     """The new tokens (prompt excluded) as a list; same arguments as generate_stream."""
-    return list(
-        generate_stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed)
-    )
+    ids = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    return list(_sample_stream(model, ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed))
