@@ -19,6 +19,7 @@ from typing import Any
 from dist_llm.atomic_io import atomic_write
 
 INSTALL_HINT = "matplotlib is needed for plots: pip install matplotlib  (or: bash install.sh plot)"
+LOSS_KEYS = ("train_loss", "val_loss")
 
 
 class PlotError(ValueError):
@@ -70,6 +71,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out_path: str | Path) -> Path:
     if not run_dirs:
         raise PlotError("no run directories given")
     all_records = [read_metrics(d) for d in run_dirs]
+    for run_dir, records in zip(run_dirs, all_records, strict=True):
+        # An empty figure looks like a plot of a run that learned nothing: refuse instead.
+        if not any(r.get(k) is not None for r in records for k in LOSS_KEYS):
+            raise PlotError(f"{run_dir / 'metrics.jsonl'}: no {' or '.join(LOSS_KEYS)} records "
+                            f"({len(records)} records in all), nothing to plot")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

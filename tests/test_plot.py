@@ -76,6 +76,32 @@ def test_missing_metrics_is_a_clear_cli_error(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("text", ["", '{"step": 0, "lr": 0.0}\n{"event": "stop_signal", "step": 0}\n'],
+                         ids=["empty", "no_losses"])
+def test_metrics_with_no_losses_is_a_clear_cli_error(tmp_path, capsys, text):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(text)
+    good = write_run(tmp_path / "good")
+    for runs in ([run], [good, run]):  # overlaid with a good run too: not a plot missing a run
+        assert plot.main([*map(str, runs), "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {run / 'metrics.jsonl'}: no train_loss or val_loss records" in err
+        assert "nothing to plot" in err
+        assert not (tmp_path / "x.png").exists()
+
+
+def test_the_trainer_notes_a_run_with_nothing_to_plot_and_goes_on(tmp_path):
+    from dist_llm.training.outputs import write_loss_plot
+
+    (tmp_path / "metrics.jsonl").write_text("")
+    message = write_loss_plot(tmp_path)  # what the trainer prints at the end of a run
+    assert message.startswith("loss curve: skipped (") and "nothing to plot" in message
+    assert not (tmp_path / "loss.png").exists()
+    (tmp_path / "metrics.jsonl").unlink()
+    assert "loss curve: skipped (" in write_loss_plot(tmp_path) and "not found" in write_loss_plot(tmp_path)
+
+
 def test_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
     run = write_run(tmp_path / "run")
     real_import = builtins.__import__

@@ -55,10 +55,12 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, 
 
 
 def write_loss_plot(run_dir: Path) -> str:
-    """Draw RUN/loss.png; matplotlib is optional, so its absence is a message, not a crash."""
-    try:
-        from dist_llm.plot import plot_runs
+    """Draw RUN/loss.png. The plot is a convenience at the end of the run: a missing matplotlib, or
+    metrics.jsonl missing or with nothing to plot (removed or emptied by hand mid-run), is a message that
+    says so, never a crash after the training itself is done."""
+    from dist_llm.plot import PlotError, plot_runs
 
+    try:
         return f"loss curve: {plot_runs([run_dir], run_dir / 'loss.png')}"
-    except ImportError as e:
+    except (ImportError, PlotError) as e:
         return f"loss curve: skipped ({e})"
