@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from dist_llm.tokenizer import Tokenizer
+from dist_llm.tokenizer import Tokenizer, train_bpe
 
 
 def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -47,3 +47,19 @@ def test_errors_are_one_clear_line(tmp_path):
     assert bad_utf8.returncode == 2
     assert "not valid UTF-8 at byte offset 3" in bad_utf8.stderr.decode()
     assert "Traceback" not in bad_utf8.stderr.decode()
+
+
+def test_encode_contraction_equals_tokenizer_encode(tmp_path):
+    # The user report: `echo "As you'll have her." | ... encode` split "'ll" into "'" + "ll" when
+    # the tokenizer had "<|endoftext|>" (streaming held back its last 12 characters, cutting "'l|l").
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "<|endoftext|>".join(["As you'll have her. We're here; they've gone."] * 20), encoding="utf-8"
+    )
+    tok = Tokenizer(*train_bpe(corpus, 300, ["<|endoftext|>"]), ["<|endoftext|>"])
+    tok.save(tmp_path / "tok")
+    text = "As you'll have her.\n"
+    assert tok.token_id("'ll") in tok.encode(text)  # so a wrong split shows in the ids
+    encoded = run("encode", "--tokenizer", str(tmp_path / "tok"), stdin=text.encode())
+    assert encoded.returncode == 0, encoded.stderr.decode()
+    assert [int(x) for x in encoded.stdout.split()] == tok.encode(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import random
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import example, given, settings
@@ -107,6 +108,58 @@ def test_encode_iterable_every_split_position(tok):
 )
 def test_encode_iterable_random_chunks(tok, chunks):
     assert list(tok.encode_iterable(chunks)) == tok.encode("".join(chunks))
+
+
+# Text full of two-letter contractions: the GPT-2 pattern reads two characters past a lone "'" (to
+# rule out "'ll", "'re", "'ve"), so a chunk or look-ahead cut just after "'l" must not settle the "'".
+CONTRACTION_WORDS = [" you", "'ll", "'re", "'ve", "'s", "'d", " have", " her", "As", " we", " they",
+                     " all", " real", " give", ".", "!", "\n", "  ", " 12"]  # fmt: skip
+CONTRACTION_PARTS = ["'ll", "'re", "'ve", "'s", "'", "l", "r", "v", "e", "L", "you", " we", " ", "  ",
+                     "\n", " \n", "\t", "7", " 42", ".", "!?", "é", " 日", "<|endoftext|>", "<|"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def eot_tok(tmp_path_factory) -> Tokenizer:
+    """One special token, "<|endoftext|>" (13 characters), and merges for "'ll", "'re", "'ve", so a
+    contraction cut into "'" + "ll" gives other ids than the whole one."""
+    rng = random.Random(0)
+    docs = ["".join(rng.choice(CONTRACTION_WORDS) for _ in range(40)) for _ in range(60)]
+    path = tmp_path_factory.mktemp("contractions") / "corpus.txt"
+    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
+    vocab, merges = train_bpe(path, 256 + 1 + 60, ["<|endoftext|>"])
+    return Tokenizer(vocab, merges, ["<|endoftext|>"])
+
+
+def test_encode_iterable_contraction_near_buffer_end(eot_tok):
+    # The user report: with "<|endoftext|>" the last 12 characters are held back, which cut
+    # "you'll" into "you'l" | "l", and the "'" was kept as a finished punctuation pre-token.
+    for word in ["'ll", "'re", "'ve"]:
+        text = f"As you{word} have her.\n"
+        expected = eot_tok.encode(text)
+        assert eot_tok.token_id(word) in expected  # so a wrong split shows in the ids
+        assert list(eot_tok.encode_iterable([text])) == expected, text
+        assert list(eot_tok.encode_iterable([text[:8], text[8:]])) == expected, text  # "As you'l|l"
+
+
+def _chunkings(text: str, rng: random.Random) -> Iterator[list[str]]:
+    yield [text]
+    yield list(text)  # one character at a time
+    for i in range(len(text) + 1):  # a boundary at every position
+        yield [text[:i], text[i:]]
+    for _ in range(5):
+        cuts = sorted(rng.sample(range(len(text) + 1), rng.randint(1, min(6, len(text) + 1))))
+        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+@pytest.mark.parametrize("with_specials", [True, False])
+def test_encode_iterable_equals_encode_for_any_chunking(eot_tok, with_specials):
+    tok = eot_tok if with_specials else Tokenizer(eot_tok.vocab, eot_tok.merges)
+    rng = random.Random(1234)
+    for _ in range(200):
+        text = "".join(rng.choice(CONTRACTION_PARTS) for _ in range(rng.randint(1, 20)))
+        expected = tok.encode(text)
+        for chunks in _chunkings(text, rng):
+            assert list(tok.encode_iterable(chunks)) == expected, chunks
 
 
 def test_encode_iterable_is_lazy_and_bounded(tok):

@@ -164,12 +164,16 @@ class Tokenizer:
         return ids
 
     def _encode_stable_prefix(self, buf: str) -> tuple[list[int], int]:
-        """Encodes the longest prefix of `buf` whose ids no continuation can change.
+        """Encodes a prefix of `buf` whose ids no continuation can change.
 
         Undecided are: a special token that may start within the last (longest special - 1)
-        characters, and the last pre-token of the text (more text may extend it). Everything before
-        is final because the GPT-2 pattern looks at most one character beyond a match that does not
-        reach the end of the text, and has no look-behind. Returns (ids, characters consumed).
+        characters, and, in the ordinary text before that, the pre-tokens that end less than two
+        characters before its end. The GPT-2 pattern has no look-behind and decides a match
+        [start, end) from the characters before end + 2: after a lone "'" it reads two more to rule
+        out "'ll", "'re" and "'ve" (so a "'" followed by a last "l" may still become "'ll"), and a
+        whitespace run leaves its last character to a non-space after it. So a pre-token that ends
+        two or more characters before the end of the text is the same in every continuation, and so
+        is where the next one starts. Returns (ids, characters consumed).
         """
         ids: list[int] = []
         pos = 0
@@ -184,7 +188,8 @@ class Tokenizer:
                 pos = m.end()
         if limit > pos:
             pieces = pretokenize(buf[pos:limit])
-            pieces.pop()
+            # Hold back the last pre-token, and the one before it too when the last is one character.
+            del pieces[-2 if len(pieces[-1]) == 1 else -1 :]
             ids += self._encode_pieces(pieces)
             pos += sum(map(len, pieces))
         return ids, pos
