@@ -67,7 +67,7 @@ def resolve_checkpoint(checkpoint_dir: str | Path) -> ModelSource:
             f"{ckpt}: checkpoint is incomplete (no {COMPLETE_MARKER} marker); it was interrupted while being "
             "written. Use an older checkpoint or the run directory"
         )
-    try:  # every file the COMPLETE manifest lists is there, with the size that was written
+    try:  # every file the COMPLETE manifest lists is there, with the size and checksum that were written
         verify_checkpoint(ckpt)
     except CheckpointError as e:
         raise PretrainedError(str(e)) from None

@@ -133,11 +133,13 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         say(f"model: {model.num_params():,} parameters ({non_embedding:,} without embeddings), "
             f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token")
 
-        # ---- resume: every rank loads the chosen checkpoint
+        # ---- resume: every rank loads the chosen checkpoint (rank 0 verified its checksums when choosing
+        # it: hashing it again on every rank would read the whole checkpoint once more per rank)
         step, counters = 0, {"tokens": 0, "time_s": 0.0, "nonfinite_skipped": 0}
         if chosen:
-            state = restore_training_state(read_checkpoint(chosen, optimizer), model, optimizer, scaler,
-                                           loader, tokenizer.fingerprint, ctx.rank)
+            loaded = read_checkpoint(chosen, optimizer, checksums=False)
+            state = restore_training_state(loaded, model, optimizer, scaler, loader, tokenizer.fingerprint,
+                                           ctx.rank)
             step = state["step"]
             counters = {k: state.get(k, v) for k, v in counters.items()}
             saved_decay = state.get("lr_schedule", {}).get("decay_steps", plan.decay_steps)

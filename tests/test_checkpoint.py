@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from trainer_runs import flip_tensor_byte
 
 from dist_llm import checkpoint as ckpt
 from dist_llm.checkpoint import CheckpointError
@@ -152,6 +153,43 @@ def test_verification_names_the_broken_file(tmp_path):
 
     (path / ckpt.COMPLETE).unlink()
     with pytest.raises(CheckpointError, match="never finished"):
+        ckpt.verify_checkpoint(path)
+
+
+def test_flipped_byte_in_tensor_data_fails_the_checksum(tmp_path):
+    model, opt = _fresh()
+    _train_steps(model, opt, 1)
+    path = tmp_path / "c"
+    ckpt.save_checkpoint(path, model, opt, 1)
+    manifest = json.loads((path / ckpt.COMPLETE).read_text())
+    assert set(manifest["sha256"]) == set(manifest["files"])  # every file has its checksum
+    for name in (ckpt.MODEL_FILE, ckpt.OPTIMIZER_TENSORS):
+        good = (path / name).read_bytes()
+        flip_tensor_byte(path / name)  # same size, header intact: only the content differs
+        with pytest.raises(CheckpointError, match=f"{name}: sha256 checksum does not match"):
+            ckpt.verify_checkpoint(path)
+        with pytest.raises(CheckpointError, match=f"{name}: sha256 checksum does not match"):
+            ckpt.load_checkpoint(path, model, opt)
+        ckpt.verify_checkpoint(path, checksums=False)  # the cheap structural checks cannot tell
+        (path / name).write_bytes(good)
+    ckpt.verify_checkpoint(path)
+
+
+def test_manifest_without_checksums_still_loads(tmp_path):
+    """Checkpoints written before the manifest had checksums: sizes and structure are checked."""
+    model, opt = _fresh()
+    _train_steps(model, opt, 1)
+    path = tmp_path / "c"
+    ckpt.save_checkpoint(path, model, opt, 1)
+    manifest = json.loads((path / ckpt.COMPLETE).read_text())
+    old = {"step": manifest["step"], "files": manifest["files"]}
+    (path / ckpt.COMPLETE).write_text(json.dumps(old))
+    restored, restored_opt = _fresh(seed=1)
+    assert ckpt.load_checkpoint(path, restored, restored_opt) == 1
+    assert torch.equal(restored.inp.weight, model.inp.weight)
+    weights = path / ckpt.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match="model.safetensors: truncated"):
         ckpt.verify_checkpoint(path)
 
 

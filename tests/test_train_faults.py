@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from trainer_runs import read_jsonl, tiny_train_args
+from trainer_runs import flip_tensor_byte, read_jsonl, tiny_train_args
 
 from dist_llm.checkpoint import CRASH_ENV, find_latest_checkpoint
 from dist_llm.train import main
@@ -67,6 +67,26 @@ def test_corrupted_checkpoint_falls_back_to_previous(tiny_data, tmp_path, capsys
     code = main([*args, f"--resume={run_dir / 'checkpoints' / 'step_00000012'}", "--train.max_steps=16"])
     assert code == 1
     assert "optimizer.json" in capsys.readouterr().err
+
+
+def test_flipped_byte_in_checkpoint_fails_its_checksum(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=4", "--optim.decay_steps=12")
+    assert main(args) == 0
+    latest = find_latest_checkpoint(run_dir / "checkpoints")
+    weights = latest / "model.safetensors"
+    flip_tensor_byte(weights)  # same size, readable header: the damaged weights would load
+    capsys.readouterr()
+
+    # Named explicitly: an error naming the file, before any work.
+    assert main([*args, f"--resume={latest}", "--train.max_steps=12"]) == 1
+    assert f"error: {weights}: sha256 checksum does not match" in capsys.readouterr().err
+
+    assert main([*args, "--resume=auto", "--train.max_steps=12"]) == 0
+    out = capsys.readouterr().out
+    assert f"{weights}: sha256 checksum does not match" in out
+    assert "falling back to the previous complete checkpoint" in out
+    assert "continuing from" in out and "step_00000004 at step 4" in out
 
 
 def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
