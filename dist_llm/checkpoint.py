@@ -265,6 +265,11 @@ def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> None:
     ranks load it.
     """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory (a checkpoint is a directory "
+                              f"step_NNNNNNNN/ with a {COMPLETE} manifest)")
     if not (path / COMPLETE).is_file():
         raise CheckpointError(f"{path}: no {COMPLETE} marker; the checkpoint was never finished")
     manifest = _read_json(path / COMPLETE)

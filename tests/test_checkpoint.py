@@ -193,6 +193,14 @@ def test_manifest_without_checksums_still_loads(tmp_path):
         ckpt.verify_checkpoint(path)
 
 
+def test_missing_checkpoint_path_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="nope: does not exist"):
+        ckpt.verify_checkpoint(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="file: not a checkpoint directory"):
+        ckpt.verify_checkpoint(tmp_path / "file")
+
+
 def test_weights_of_another_model_are_rejected_with_names(tmp_path):
     model, opt = _fresh()
     ckpt.save_checkpoint(tmp_path / "c.safetensors", model, opt, 1)

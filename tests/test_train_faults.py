@@ -89,6 +89,21 @@ def test_flipped_byte_in_checkpoint_fails_its_checksum(tiny_data, tmp_path, caps
     assert "continuing from" in out and "step_00000004 at step 4" in out
 
 
+def test_resume_from_a_missing_path_says_it_does_not_exist(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=4", "--checkpoint.interval=2",
+                           "--checkpoint.keep_last=1")
+    assert main(args) == 0
+    capsys.readouterr()
+    pruned = run_dir / "checkpoints" / "step_00000002"  # deleted by keep_last
+    assert main([*args, f"--resume={pruned}"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --resume {pruned}: the path does not exist" in err
+    assert "step_00000004" in err  # the checkpoints that are there
+    assert main([*args, f"--resume={tmp_path / 'nope'}"]) == 1
+    assert "nope: the path does not exist" in capsys.readouterr().err
+
+
 def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(tiny_train_args(tiny_data, run_dir, "--train.max_steps=3")) == 0

@@ -45,6 +45,12 @@ def choose_checkpoint(cfg: RunConfig, say: Callable[[str], None]) -> str | None:
     resume, root = cfg.run.resume, checkpoint_root(cfg.run.dir)
     if not resume:
         return None
+    if resume != "auto" and not Path(resume).exists():
+        available = ", ".join(p.name for p in list_complete(root))
+        there = f"the complete checkpoints in {root} are {available}" if available else \
+            f"{root} holds no complete checkpoint"
+        raise CheckpointError(f"--resume {resume}: the path does not exist (mistyped, or a checkpoint "
+                              f"already deleted by checkpoint.keep_last?); {there}")
     candidates = list_complete(root)[::-1] if resume == "auto" else [Path(resume)]
     chosen = None
     for path in candidates:
