@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from trainer_runs import flip_tensor_byte, read_jsonl, tiny_train_args
+from trainer_runs import flip_tensor_byte, read_jsonl, tiny_train_args, write_tiny_corpus
 
 from dist_llm.checkpoint import CRASH_ENV, find_latest_checkpoint
 from dist_llm.train import main
@@ -119,6 +119,24 @@ def test_model_config_mismatch_names_the_keys(tiny_data, tmp_path, capsys):
 def test_a_missing_device_names_the_config_key(tmp_path, capsys):
     assert main([f"--run.dir={tmp_path / 'run'}", "--dist.device=cuda:99"]) == 1
     assert capsys.readouterr().err.startswith("error: dist.device='cuda:99': ")
+
+
+def test_resume_on_other_data_is_a_clean_error(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=4")
+    assert main(args) == 0
+    other = write_tiny_corpus(tmp_path / "other.txt", num_docs=150, seed=1)
+    capsys.readouterr()
+    # The run's own tokenizer, so that only the data differs.
+    code = main([*args, f"--data.inputs={other}", f"--tokenizer.path={run_dir / 'tokenizer'}",
+                 "--train.max_steps=8", "--resume=auto"])
+    assert code == 1
+    err = capsys.readouterr().err
+    checkpoint = run_dir / "checkpoints" / "step_00000004"
+    assert err.startswith(f"error: {checkpoint}: the training data differs from the data the run was "
+                          "trained on")
+    assert f"--run.init_from={checkpoint}" in err
+    assert len(err.splitlines()) == 1  # one line, no traceback
 
 
 @pytest.fixture

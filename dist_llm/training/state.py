@@ -18,6 +18,7 @@ import torch
 from dist_llm import distributed
 from dist_llm.checkpoint import (
     CONFIG,
+    TRAINER_STATE,
     CheckpointError,
     LoadedCheckpoint,
     check_model_config,
@@ -116,23 +117,45 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
         group.update(flags)
 
 
+def _check_same_data(loaded: LoadedCheckpoint, live_loader_state: dict[str, Any]) -> None:
+    """A resume continues the checkpoint's data stream, so the data must be the one it was trained on.
+    The number of training windows is what the saved stream position depends on; the model config
+    (context_length) and the tokenizer are checked before, so a different count means different data."""
+    saved = loaded.trainer_state.get("loader", {}).get("num_windows")
+    now = live_loader_state["num_windows"]
+    if saved is None or saved == now:
+        return
+    data = loaded.trainer_state.get("config", {}).get("data", {})
+    trained_on = f" (data.inputs {data['inputs']}, data.val_fraction {data.get('val_fraction')})" \
+        if "inputs" in data else ""
+    raise CheckpointError(
+        f"{loaded.path}: the training data differs from the data the run was trained on{trained_on}: "
+        f"{saved:,} training windows then, {now:,} now. A resume continues the same data stream; to train "
+        f"these weights on this data, start a new run from them: --run.init_from={loaded.path} with "
+        "another --run.dir")
+
+
 def restore_training_state(loaded: LoadedCheckpoint, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any,
                            tokenizer_fingerprint: str, rank: int) -> dict[str, Any]:
     """Load a checkpoint chosen by choose_checkpoint (which checked its model config) into the live
-    objects, after checking its tokenizer; return its trainer state."""
+    objects, after checking its tokenizer and data; return its trainer state."""
     state = loaded.trainer_state
     if state.get("tokenizer_fingerprint") != tokenizer_fingerprint:
         raise CheckpointError(f"{loaded.path}: was trained with another tokenizer (fingerprint "
                               f"{str(state.get('tokenizer_fingerprint'))[:12]}..., this run has "
                               f"{tokenizer_fingerprint[:12]}...)")
+    _check_same_data(loaded, loader.state_dict())
     load_model_state(model, loaded.model_state, loaded.path)
     if loaded.optimizer_state is None:
         raise CheckpointError(f"{loaded.path}: has no optimizer state")
     load_optimizer_state(optimizer, loaded.optimizer_state, loaded.path)
     if state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])
-    loader.load_state_dict(state["loader"])
+    try:
+        loader.load_state_dict(state["loader"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{loaded.path}: unusable data-loader state in {TRAINER_STATE} ({e})") from None
     rng = state.get("rng") or []
     if rank < len(rng):  # with more ranks than before, the new ones keep their fresh seeds
         restore_rng_state(rng[rank])
