@@ -97,6 +97,11 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             say(f"init: resuming from the checkpoint {chosen}, which wins over run.init_from "
                 f"({cfg.run.init_from}): its weights already started from there")
             init_source = None
+        if chosen and not cfg.tokenizer.path and (run_dir / "tokenizer").is_dir():
+            # A resume tokenizes as the run did: with the run's own tokenizer, not one trained anew on
+            # inputs that may have changed (the resume then says what differs in the data).
+            cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer,
+                                                                         path=str(run_dir / "tokenizer")))
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import MemmapTokens, ShardedBatchLoader

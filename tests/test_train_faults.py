@@ -139,6 +139,21 @@ def test_resume_on_other_data_is_a_clean_error(tiny_data, tmp_path, capsys):
     assert len(err.splitlines()) == 1  # one line, no traceback
 
 
+def test_resume_on_other_data_keeps_the_runs_tokenizer(tiny_data, tmp_path, capsys):
+    """Without tokenizer.path a resume takes the run's tokenizer instead of training one on the new
+    inputs, which could only fail later as 'another tokenizer'; the data difference is what it reports."""
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, run_dir, "--train.max_steps=4")
+    assert main(args) == 0
+    other = write_tiny_corpus(tmp_path / "other.txt", num_docs=150, seed=1)
+    capsys.readouterr()
+    code = main([*args, f"--data.inputs={other}", "--train.max_steps=8", "--resume=auto"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "the training data differs from the data the run was trained on" in captured.err
+    assert "tokenizer: training" not in captured.out
+
+
 @pytest.fixture
 def nan_at_micro_step(monkeypatch):
     """Make the training loss NaN at the given (1-based) training micro-step."""
