@@ -156,12 +156,17 @@ def test_verification_names_the_broken_file(tmp_path):
         ckpt.verify_checkpoint(path)
 
 
-def test_flipped_byte_in_tensor_data_fails_the_checksum(tmp_path):
+def _saved_after_one_step(path):
+    """(model, optimizer, manifest) of a checkpoint written at `path` after one training step."""
     model, opt = _fresh()
     _train_steps(model, opt, 1)
-    path = tmp_path / "c"
     ckpt.save_checkpoint(path, model, opt, 1)
-    manifest = json.loads((path / ckpt.COMPLETE).read_text())
+    return model, opt, json.loads((path / ckpt.COMPLETE).read_text())
+
+
+def test_flipped_byte_in_tensor_data_fails_the_checksum(tmp_path):
+    path = tmp_path / "c"
+    model, opt, manifest = _saved_after_one_step(path)
     assert set(manifest["sha256"]) == set(manifest["files"])  # every file has its checksum
     for name in (ckpt.MODEL_FILE, ckpt.OPTIMIZER_TENSORS):
         good = (path / name).read_bytes()
@@ -177,11 +182,8 @@ def test_flipped_byte_in_tensor_data_fails_the_checksum(tmp_path):
 
 def test_manifest_without_checksums_still_loads(tmp_path):
     """Checkpoints written before the manifest had checksums: sizes and structure are checked."""
-    model, opt = _fresh()
-    _train_steps(model, opt, 1)
     path = tmp_path / "c"
-    ckpt.save_checkpoint(path, model, opt, 1)
-    manifest = json.loads((path / ckpt.COMPLETE).read_text())
+    model, _, manifest = _saved_after_one_step(path)
     old = {"step": manifest["step"], "files": manifest["files"]}
     (path / ckpt.COMPLETE).write_text(json.dumps(old))
     restored, restored_opt = _fresh(seed=1)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,11 +49,16 @@ def test_crash_mid_checkpoint_leaves_previous_one_for_resume_auto(tiny_data, tmp
     assert steps == list(range(1, 9))  # the crashed run's lines after step 4 were replaced, not duplicated
 
 
-def test_corrupted_checkpoint_falls_back_to_previous(tiny_data, tmp_path, capsys):
-    run_dir = tmp_path / "run"
+def _run_with_two_checkpoints(tiny_data, run_dir: Path) -> tuple[list[str], Path]:
+    """An 8-step run checkpointed at steps 4 and 8; returns its arguments and the newest checkpoint."""
     args = tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=4", "--optim.decay_steps=12")
     assert main(args) == 0
-    latest = find_latest_checkpoint(run_dir / "checkpoints")
+    return args, find_latest_checkpoint(run_dir / "checkpoints")
+
+
+def test_corrupted_checkpoint_falls_back_to_previous(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args, latest = _run_with_two_checkpoints(tiny_data, run_dir)
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated, e.g. by a full disk
     capsys.readouterr()
@@ -70,10 +76,7 @@ def test_corrupted_checkpoint_falls_back_to_previous(tiny_data, tmp_path, capsys
 
 
 def test_flipped_byte_in_checkpoint_fails_its_checksum(tiny_data, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    args = tiny_train_args(tiny_data, run_dir, "--checkpoint.interval=4", "--optim.decay_steps=12")
-    assert main(args) == 0
-    latest = find_latest_checkpoint(run_dir / "checkpoints")
+    args, latest = _run_with_two_checkpoints(tiny_data, tmp_path / "run")
     weights = latest / "model.safetensors"
     flip_tensor_byte(weights)  # same size, readable header: the damaged weights would load
     capsys.readouterr()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,20 +58,28 @@ def test_ctrl_c_stays_ignored_where_it_was_ignored() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.slow
-def test_signal_during_data_preparation_stops_at_the_first_step(tmp_path: Path) -> None:
+def _signalled_during_preparation(tmp_path: Path, send: Callable[[Launched], None], *extra: str,
+                                  pause_s: int = 3) -> tuple[int, str, Path]:
+    """Start the trainer, call `send(job)` while it prepares data (paused there for pause_s seconds),
+    wait for the exit; returns (exit code, output, run dir)."""
     config = write_tiny_config(tmp_path, max_steps=100_000)
     run_dir = tmp_path / "run"
-    # Two preparation workers: a pool started after the handlers, terminated with SIGTERM when done.
     job = Launched([sys.executable, "-m", "dist_llm.train", "--config", str(config), f"--run.dir={run_dir}",
-                    "--data.num_workers=2"], tmp_path / "train.log", launch_env(**{PAUSE_ENV: "3"}))
+                    *extra], tmp_path / "train.log", launch_env(**{PAUSE_ENV: str(pause_s)}))
     try:
         job.wait_until(lambda: "data: pausing" in job.output(), timeout=180, what="data preparation")
-        os.kill(job.proc.pid, signal.SIGUSR1)
+        send(job)
         code = job.wait(timeout=180)
     finally:
         job.cleanup()
-    output = job.output()
+    return code, job.output(), run_dir
+
+
+@pytest.mark.slow
+def test_signal_during_data_preparation_stops_at_the_first_step(tmp_path: Path) -> None:
+    # Two preparation workers: a pool started after the handlers, terminated with SIGTERM when done.
+    code, output, run_dir = _signalled_during_preparation(
+        tmp_path, lambda job: os.kill(job.proc.pid, signal.SIGUSR1), "--data.num_workers=2")
     assert code == 0, output[-4000:]
     assert "stopping after step 1: received SIGUSR1" in output
     checkpoints = complete_checkpoints(run_dir)
@@ -86,17 +95,8 @@ def test_ctrl_c_stops_with_a_checkpoint_that_generate_can_use(tmp_path: Path) ->
     """Ctrl-C keeps the work done (the run stops at the next step, with a checkpoint), and the stopped
     run, which has no final model, is usable by the after-training commands: its tokenizer was saved
     when the run started."""
-    config = write_tiny_config(tmp_path, max_steps=100_000)
-    run_dir = tmp_path / "run"
-    job = Launched([sys.executable, "-m", "dist_llm.train", "--config", str(config), f"--run.dir={run_dir}"],
-                   tmp_path / "train.log", launch_env(**{PAUSE_ENV: "3"}))
-    try:
-        job.wait_until(lambda: "data: pausing" in job.output(), timeout=180, what="data preparation")
-        os.kill(job.proc.pid, signal.SIGINT)
-        code = job.wait(timeout=180)
-    finally:
-        job.cleanup()
-    output = job.output()
+    code, output, run_dir = _signalled_during_preparation(tmp_path, lambda job: os.kill(job.proc.pid,
+                                                                                         signal.SIGINT))
     assert code == 0, output[-4000:]
     assert "Ctrl-C: stopping after this step" in output and "Traceback" not in output
     assert "stopping after step 1: received SIGINT" in output
@@ -111,18 +111,14 @@ def test_ctrl_c_stops_with_a_checkpoint_that_generate_can_use(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_aborts_without_a_traceback(tmp_path: Path) -> None:
-    config = write_tiny_config(tmp_path, max_steps=100_000)
-    job = Launched([sys.executable, "-m", "dist_llm.train", "--config", str(config),
-                    f"--run.dir={tmp_path / 'run'}"], tmp_path / "train.log", launch_env(**{PAUSE_ENV: "30"}))
-    try:
-        job.wait_until(lambda: "data: pausing" in job.output(), timeout=180, what="data preparation")
+    def press_ctrl_c_twice(job: Launched) -> None:
         os.kill(job.proc.pid, signal.SIGINT)
         job.wait_until(lambda: "Ctrl-C: stopping" in job.output(), timeout=60, what="the Ctrl-C note")
         os.kill(job.proc.pid, signal.SIGINT)
-        code = job.wait(timeout=60)  # well before the 30 s pause would end
-    finally:
-        job.cleanup()
-    output = job.output()
+
+    # A long pause: the run could only end with 130 by aborting inside it (after it, Ctrl-C stops at
+    # step 1 with exit 0).
+    code, output, _ = _signalled_during_preparation(tmp_path, press_ctrl_c_twice, pause_s=60)
     assert code == 130, output[-4000:]
     assert "aborted by Ctrl-C" in output and "Traceback" not in output, output[-4000:]
 
