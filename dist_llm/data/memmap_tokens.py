@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dist_llm.data.meta import read_meta
+from dist_llm.data.meta import content_fingerprint, read_meta
 from dist_llm.data.sources import DataError
 
 
@@ -57,6 +57,11 @@ class MemmapTokens:
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
         # Offsets of one window relative to its start, reused by every gather.
         self._offsets = np.arange(context_length + 1, dtype=np.int64)
+
+    @property
+    def content_fingerprint(self) -> str:
+        """Identifies what these tokens are made of (see dist_llm.data.meta.content_fingerprint)."""
+        return content_fingerprint(self.meta, self.split)
 
     def __len__(self) -> int:
         return (self.num_tokens - 1) // self.context_length

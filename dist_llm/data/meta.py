@@ -5,6 +5,8 @@ Shared by the writer (prepare.py) and the readers (memmap_tokens.py), so both ag
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,14 @@ _REQUIRED_KEYS = ("format_version", "dtype", "splits", "tokenizer_fingerprint", 
 def token_dtype(vocab_size: int) -> np.dtype:
     """Little-endian uint16 when every id fits in 16 bits, else uint32."""
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def content_fingerprint(meta: dict[str, Any], split: str) -> str:
+    """What a split's tokens are made of: the inputs' contents (sha256, in order; not their paths, so moved
+    files match), the preparation options and the tokenizer. Equal fingerprints, equal token files."""
+    identity = {"inputs": [d.get("sha256") for d in meta.get("inputs", [])], "options": meta.get("options"),
+                "tokenizer": meta["tokenizer_fingerprint"], "format": meta["format_version"], "split": split}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:

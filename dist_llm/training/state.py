@@ -90,6 +90,7 @@ def save_training_state(cfg: RunConfig, step: int, model: torch.nn.Module, optim
             "step": step,
             **counters,
             "loader": loader.state_dict(),  # holds the epoch too
+            "train_data_fingerprint": loader.dataset.content_fingerprint,  # a resume checks it
             "lr_schedule": lr_schedule,
             "grad_scaler": scaler.state_dict(),
             "rng": rng_states,
@@ -117,22 +118,28 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
         group.update(flags)
 
 
-def _check_same_data(loaded: LoadedCheckpoint, live_loader_state: dict[str, Any]) -> None:
-    """A resume continues the checkpoint's data stream, so the data must be the one it was trained on.
-    The number of training windows is what the saved stream position depends on; the model config
-    (context_length) and the tokenizer are checked before, so a different count means different data."""
-    saved = loaded.trainer_state.get("loader", {}).get("num_windows")
-    now = live_loader_state["num_windows"]
-    if saved is None or saved == now:
+def _check_same_data(loaded: LoadedCheckpoint, loader: Any) -> None:
+    """A resume continues the checkpoint's data stream, so the data must be the one it was trained on:
+    the same content fingerprint (the inputs' sha256, preparation options, tokenizer), and the same
+    number of training windows, which the saved stream position depends on (checkpoints from before the
+    fingerprint have only this)."""
+    state = loaded.trainer_state
+    saved_windows = state.get("loader", {}).get("num_windows")
+    now_windows = loader.state_dict()["num_windows"]
+    saved_print = state.get("train_data_fingerprint")
+    if saved_print not in (None, loader.dataset.content_fingerprint):
+        what = "their content or preparation changed (other data fingerprint)"
+    elif saved_windows not in (None, now_windows):
+        what = f"{saved_windows:,} training windows then, {now_windows:,} now"
+    else:
         return
-    data = loaded.trainer_state.get("config", {}).get("data", {})
+    data = state.get("config", {}).get("data", {})
     trained_on = f" (data.inputs {data['inputs']}, data.val_fraction {data.get('val_fraction')})" \
         if "inputs" in data else ""
     raise CheckpointError(
         f"{loaded.path}: the training data differs from the data the run was trained on{trained_on}: "
-        f"{saved:,} training windows then, {now:,} now. A resume continues the same data stream; to train "
-        f"these weights on this data, start a new run from them: --run.init_from={loaded.path} with "
-        "another --run.dir")
+        f"{what}. A resume continues the same data stream; to train these weights on this data, start a "
+        f"new run from them: --run.init_from={loaded.path} with another --run.dir")
 
 
 def restore_training_state(loaded: LoadedCheckpoint, model: torch.nn.Module,
@@ -145,7 +152,7 @@ def restore_training_state(loaded: LoadedCheckpoint, model: torch.nn.Module,
         raise CheckpointError(f"{loaded.path}: was trained with another tokenizer (fingerprint "
                               f"{str(state.get('tokenizer_fingerprint'))[:12]}..., this run has "
                               f"{tokenizer_fingerprint[:12]}...)")
-    _check_same_data(loaded, loader.state_dict())
+    _check_same_data(loaded, loader)
     load_model_state(model, loaded.model_state, loaded.path)
     if loaded.optimizer_state is None:
         raise CheckpointError(f"{loaded.path}: has no optimizer state")
