@@ -332,7 +332,7 @@ def _main(argv: list[str], stop: StopRequest) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)
-        print("aborted by Ctrl-C, without a final checkpoint; --resume auto continues from the last one",
+        print("aborted by Ctrl-C; --resume auto continues from the newest complete checkpoint",
               file=sys.stderr)
         return 130
     return 0

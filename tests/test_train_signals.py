@@ -169,3 +169,29 @@ def test_trainer_installs_stop_handlers_before_importing_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "handler installed when torch was first imported: [True]" in proc.stdout, proc.stdout
+
+
+_DOUBLE_CTRL_C_DURING_IMPORTS = """
+import importlib.abc, os, runpy, signal, sys
+class CtrlCTwiceAtTorchImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCTwiceAtTorchImport())
+sys.argv = ["dist_llm.train"]
+runpy.run_module("dist_llm.train", run_name="__main__", alter_sys=True)
+print("went on after two Ctrl-C")
+"""
+
+
+def test_a_second_ctrl_c_while_importing_aborts_without_a_traceback() -> None:
+    """Before main() (torch takes seconds to import), a second Ctrl-C cannot surface as a
+    KeyboardInterrupt: raised inside an import it prints a traceback, or is swallowed."""
+    proc = subprocess.run([sys.executable, "-c", _DOUBLE_CTRL_C_DURING_IMPORTS], capture_output=True,
+                          text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "aborted by Ctrl-C before training started" in proc.stderr
+    assert "Traceback" not in proc.stderr and "went on" not in proc.stdout

@@ -67,8 +67,13 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
-            if self.received is not None:
-                raise KeyboardInterrupt  # the second stop request by Ctrl-C: abort now
+            if self.received is not None:  # the second stop request by Ctrl-C: abort now
+                if self in _early:
+                    # Still importing (torch takes seconds): nothing is written yet, and a
+                    # KeyboardInterrupt raised inside an import prints a traceback, or is swallowed.
+                    os.write(2, b"\naborted by Ctrl-C before training started\n")
+                    os._exit(130)
+                raise KeyboardInterrupt
             # os.write, not print: the main thread may be inside a print of its own when this runs.
             os.write(2, b"\nCtrl-C: stopping after this step, with a checkpoint; Ctrl-C again aborts now\n")
         self.received = signal.Signals(signum).name
