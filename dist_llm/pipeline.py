@@ -124,13 +124,13 @@ def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
     def build() -> dict[str, str]:
         files = corpus_files(cfg)
         tokenizer_path = build_tokenizer(cfg, files)
+        tokenizer = Tokenizer.load(tokenizer_path)
+        if tokenizer.vocab_size > cfg.model.vocab_size:  # before the corpus is tokenized, not after
+            raise ConfigError(f"'model.vocab_size' ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                              f"vocabulary ({tokenizer.vocab_size} tokens, {tokenizer_path})")
         _pause_if_requested()
-        data_dir = build_token_files(cfg, files, Tokenizer.load(tokenizer_path))
+        data_dir = build_token_files(cfg, files, tokenizer)
         return {"tokenizer": str(tokenizer_path), "data": str(data_dir)}
 
     result = distributed.on_main_rank(build)
-    tokenizer = Tokenizer.load(result["tokenizer"])
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"'model.vocab_size' ({cfg.model.vocab_size}) is smaller than the tokenizer's "
-                          f"vocabulary ({tokenizer.vocab_size} tokens, {result['tokenizer']})")
-    return tokenizer, Path(result["data"])
+    return Tokenizer.load(result["tokenizer"]), Path(result["data"])

@@ -250,3 +250,16 @@ def test_stop_signal_checkpoints_and_exits_cleanly(tiny_data, tmp_path, sig):
     step = json.loads((latest / "trainer_state.json").read_text())["step"]
     assert 1 <= step < 5000
     assert not (run_dir / "model.safetensors").exists()  # stopped early: no final model yet
+
+
+def test_a_model_vocab_below_the_tokenizers_is_refused_before_tokenizing(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(tiny_train_args(tiny_data, run_dir, "--train.max_steps=4")) == 0
+    fresh = write_tiny_corpus(tmp_path / "fresh.txt", num_docs=50, seed=3)  # not prepared before
+    capsys.readouterr()
+    code = main(tiny_train_args(tiny_data, tmp_path / "run2", f"--data.inputs={fresh}",
+                                f"--tokenizer.path={run_dir / 'tokenizer'}", "--model.vocab_size=300"))
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "'model.vocab_size' (300) is smaller than the tokenizer's vocabulary (320 tokens" in captured.err
+    assert "prepared " not in captured.out  # the corpus was not tokenized first
