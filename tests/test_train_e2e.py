@@ -66,6 +66,8 @@ def test_default_command_end_to_end(tiny_data, tmp_path):
     assert "tokenizer: reusing" in again.stdout and "up to date" in again.stdout
     assert "previous outputs were moved to" in again.stdout
     assert list(run_dir.glob("replaced-*/checkpoints/step_00000030/COMPLETE"))
+    old_config = json.loads(next(run_dir.glob("replaced-*/config.json")).read_text())
+    assert old_config["train"]["max_steps"] == 30  # the first run's, set aside with its outputs
 
 
 def test_config_error_exits_before_any_work(tmp_path):

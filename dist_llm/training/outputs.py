@@ -15,7 +15,8 @@ from dist_llm.checkpoint import model_state_for_saving, unwrap_model
 from dist_llm.config import EvalSection
 from dist_llm.tokenizer import Tokenizer
 
-PREVIOUS_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors", "loss.png", "tokenizer")
+PREVIOUS_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors", "loss.png", "tokenizer",
+                    "config.json")
 
 
 def set_aside_previous_run(run_dir: Path) -> Path | None:
