@@ -183,8 +183,8 @@ def _field_type(key: str) -> tuple[Any, type]:
     sections = _section_types()
     if section in sections and not name:
         example = dataclasses.fields(sections[section])[0].name
-        raise ConfigError(f"'{key}' is a config section, not a key: set its keys, e.g. --{key}.{example}=..."
-                          " (python -m dist_llm.train --help lists them)")
+        raise ConfigError(f"'{key}' is a config section, not a key: set its keys, e.g. "
+                          f"--{section}.{example}=... (python -m dist_llm.train --help lists them)")
     if section not in sections or not name:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
     hints = typing.get_type_hints(sections[section])

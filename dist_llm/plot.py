@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,13 @@ class PlotError(ValueError):
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of `run_dir/metrics.jsonl`, in file order.
 
-    A truncated last line (the trainer was killed mid-write) is skipped with a warning; a malformed line
-    anywhere else is an error, since it means the file is not what we think it is.
+    A truncated last line (the trainer was killed mid-write) is skipped with a note on stderr; a malformed
+    line anywhere else is an error, since it means the file is not what we think it is. `run_dir` may also
+    be the metrics.jsonl file itself.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir)
+    if path.name != "metrics.jsonl" or path.is_dir():
+        path = path / "metrics.jsonl"
     if not path.is_file():
         raise PlotError(f"{path}: not found (expected a run directory with the metrics.jsonl of training)")
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -44,7 +46,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if lineno == len(lines):
-                warnings.warn(f"{path}:{lineno}: skipping truncated last line", stacklevel=2)
+                print(f"note: {path}:{lineno}: skipping a truncated last line (its writer was stopped "
+                      "mid-line)", file=sys.stderr)
                 continue
             raise PlotError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
@@ -67,7 +70,8 @@ def _run_names(run_dirs: Sequence[Path]) -> list[str]:
 
 def plot_runs(run_dirs: Sequence[str | Path], out_path: str | Path) -> Path:
     """Draw the loss and LR curves of `run_dirs` into the PNG `out_path`; returns the path written."""
-    run_dirs = [Path(d) for d in run_dirs]
+    run_dirs = [Path(d).parent if Path(d).name == "metrics.jsonl" and Path(d).is_file() else Path(d)
+                for d in run_dirs]  # a run's metrics.jsonl stands for its run (and labels it)
     if not run_dirs:
         raise PlotError("no run directories given")
     all_records = [read_metrics(d) for d in run_dirs]
@@ -117,7 +121,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_path: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_llm.plot", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding metrics.jsonl")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run directories holding metrics.jsonl (or those files)")
     parser.add_argument("--out", default="loss.png", help="PNG file to write (default: loss.png)")
     args = parser.parse_args(argv)
     try:

@@ -47,6 +47,7 @@ def test_overrides_in_both_forms_and_precedence(tmp_path):
     (["--optim.max_lr"], "'--optim.max_lr' needs a value"),
     (["stray"], "unexpected argument 'stray'"),
     (["--model=big"], "'model' is a config section, not a key: set its keys, e.g. --model.vocab_size=..."),
+    (["--model.=big"], "'model.' is a config section, not a key: set its keys, e.g. --model.vocab_size=..."),
     (["--config", "/nonexistent/x.toml"], "config file not found: /nonexistent/x.toml"),
 ])
 def test_bad_command_lines_are_rejected_naming_the_key(argv, message):

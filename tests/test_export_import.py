@@ -105,6 +105,7 @@ def _copy_with(src, dst, config_edit=None, tensors_edit=None):
         (lambda c: c.update(num_key_value_heads=2), None, "grouped-query attention"),
         (lambda c: c.update(hidden_act="gelu"), None, "hidden_act='gelu'"),
         (lambda c: c.update(rope_scaling={"rope_type": "linear", "factor": 2.0}), None, "type 'linear'"),
+        (lambda c: c.update(rope_scaling={"factor": 2.0}), None, "fields ['factor'] without a rope_type"),
         (lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), None, "'yarn'"),
         (lambda c: c.update(model_type="mistral"), None, "model_type is 'mistral'"),
         (None, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(32)}), "bias tensors"),
@@ -146,6 +147,10 @@ def test_output_directory_must_be_new_or_empty(hf_dir, tmp_path, capsys):
     assert export_main(["import-hf", "--model", str(hf_dir[0]), "--out", str(tmp_path / "out")]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("keep me too")
+    assert export_main(["import-hf", "--model", str(hf_dir[0]), "--out", str(tmp_path / "file")]) == 2
+    assert f"{tmp_path / 'file'}: exists and is a file; choose a new --out" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me too"
 
 
 def test_export_of_a_run_without_model_or_checkpoint_is_refused(tmp_path, capsys):

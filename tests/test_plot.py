@@ -53,11 +53,12 @@ def test_cli_writes_png(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
 
-def test_truncated_last_line_is_skipped_with_warning(tmp_path):
+def test_truncated_last_line_is_skipped_with_a_note(tmp_path, capsys):
     run = write_run(tmp_path / "run", truncated_tail=True)
-    with pytest.warns(UserWarning, match="truncated last line"):
-        records = plot.read_metrics(run)
+    records = plot.read_metrics(run)
     assert [r["step"] for r in records] == list(range(1, 21))
+    assert f"note: {run / 'metrics.jsonl'}:21: skipping a truncated last line" in capsys.readouterr().err
+    assert plot.read_metrics(run / "metrics.jsonl") == records  # the file itself may be given
 
 
 def test_malformed_middle_line_is_an_error(tmp_path):

@@ -210,7 +210,9 @@ def decode_chunk(chunk: Chunk, replace_invalid_utf8: bool) -> str:
             line = f":{chunk.first_doc + newlines + 1}"
         raise DataError(
             f"{chunk.path}{line}: invalid UTF-8 at byte offset {chunk.start + e.start} {where} ({e.reason}); "
-            "fix the file or pass --replace-invalid-utf8 (replace_invalid_utf8=True) to substitute U+FFFD"
+            "the input must be UTF-8: convert it (Latin-1 text: iconv -f LATIN1 -t UTF-8), or substitute "
+            "U+FFFD for bad bytes with python -m dist_llm.data.prepare --replace-invalid-utf8 "
+            "(replace_invalid_utf8=True)"
         ) from None
 
 

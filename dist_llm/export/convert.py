@@ -38,7 +38,8 @@ END_OF_TEXT = "<|endoftext|>"
 def _staged_output_dir(out_dir: Path) -> Iterator[Path]:
     """A fresh temporary directory that becomes `out_dir` if the block completes, and vanishes if not."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir}: output directory exists and is not empty; choose a new --out")
+        what = "output directory exists and is not empty" if out_dir.is_dir() else "exists and is a file"
+        raise FileExistsError(f"{out_dir}: {what}; choose a new --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temp_dir(out_dir.parent, f".{out_dir.name}.", ".partial")
     try:

@@ -171,8 +171,13 @@ def _rope_theta(hf: dict[str, Any], source: str) -> float:
             continue
         if not isinstance(value, dict):
             raise UnsupportedModelError(f"{source}: {key} must be an object, got {value!r}")
-        rope_type = value.get("rope_type", value.get("type", "default"))
-        if rope_type != "default":
+        rope_type = value.get("rope_type", value.get("type"))
+        if rope_type is None and not set(value) <= {"rope_theta"}:
+            # {"factor": 2.0} with no type is still a scaling, whichever HF would take it for
+            fields = sorted(set(value) - {"rope_theta"})
+            raise UnsupportedModelError(f"{source}: {key} has scaling fields {fields} without a rope_type; "
+                                        "only plain RoPE ('default') is supported")
+        if rope_type not in (None, "default"):
             raise UnsupportedModelError(
                 f"{source}: {key} uses RoPE scaling type {rope_type!r}; only plain RoPE ('default') is "
                 "supported"
