@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -329,7 +330,9 @@ def _main(argv: list[str], stop: StopRequest) -> int:
         cfg = parse_args(argv)
         train(cfg, stop)
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Every rank parses the same command line: one copy of a config error is enough (rank 0's).
+        if not isinstance(e, ConfigError) or os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)
         print("aborted by Ctrl-C; --resume auto continues from the newest complete checkpoint",

@@ -263,3 +263,13 @@ def test_a_model_vocab_below_the_tokenizers_is_refused_before_tokenizing(tiny_da
     captured = capsys.readouterr()
     assert "'model.vocab_size' (300) is smaller than the tokenizer's vocabulary (320 tokens" in captured.err
     assert "prepared " not in captured.out  # the corpus was not tokenized first
+
+
+def test_a_config_error_is_printed_by_rank_zero_only(tmp_path, capsys, monkeypatch):
+    """Under torchrun every rank parses the same command line; one copy of its error is enough."""
+    monkeypatch.setenv("RANK", "1")
+    assert main([f"--run.dir={tmp_path / 'run'}", "--optim.lr=1e-3"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main([f"--run.dir={tmp_path / 'run'}", "--optim.lr=1e-3"]) == 2
+    assert "unknown config key 'optim.lr'" in capsys.readouterr().err
