@@ -247,6 +247,12 @@ def test_several_input_files_are_separate_documents(tmp_path):
     assert merges == reference_train("ab ab ab" + EOT + "cd cd", 300, [EOT])
 
 
+def test_a_byte_order_mark_is_not_counted(tmp_path):
+    """A BOM at a file's start is not text: it gets no merges (data preparation drops it too)."""
+    with_bom = write(tmp_path, "\ufeffab ab ab", "bom.txt")
+    assert train_bpe(with_bom, 270, [EOT]) == train_bpe(write(tmp_path, "ab ab ab", "plain.txt"), 270, [EOT])
+
+
 def test_progress_bars_can_be_shown(tmp_path, capsys):
     train_bpe(write(tmp_path, "ab ab ab cd"), 260, [], progress=True)
     err = capsys.readouterr().err

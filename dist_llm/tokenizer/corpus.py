@@ -129,11 +129,13 @@ def _read_text(path: str, start: int, end: int) -> str:
         f.seek(start)
         data = f.read(end - start)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TokenizerError(
             f"input file {path!r} is not valid UTF-8 at byte offset {start + e.start}: {e.reason}"
         ) from None
+    # A byte-order mark marks the encoding, it is not text (data preparation drops it the same way).
+    return text.removeprefix("\ufeff") if start == 0 else text
 
 
 def count_chunks(tasks: list[tuple[str, int, int, tuple[str, ...]]], counts: Counter[str] | None = None):
