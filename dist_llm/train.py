@@ -330,8 +330,10 @@ def _main(argv: list[str], stop: StopRequest) -> int:
         cfg = parse_args(argv)
         train(cfg, stop)
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
-        # Every rank parses the same command line: one copy of a config error is enough (rank 0's).
-        if not isinstance(e, ConfigError) or os.environ.get("RANK", "0") == "0":
+        # Every rank parses the same command line: one copy of a config error is enough (rank 0's; the
+        # process group does not exist yet, so the rank comes from torchrun's or srun's variables).
+        rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+        if not isinstance(e, ConfigError) or rank == "0":
             print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)

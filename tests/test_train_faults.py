@@ -267,6 +267,10 @@ def test_a_model_vocab_below_the_tokenizers_is_refused_before_tokenizing(tiny_da
 
 def test_a_config_error_is_printed_by_rank_zero_only(tmp_path, capsys, monkeypatch):
     """Under torchrun every rank parses the same command line; one copy of its error is enough."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")  # srun without torchrun
+    assert main([f"--run.dir={tmp_path / 'run'}", "--optim.lr=1e-3"]) == 2
+    assert capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "1")
     assert main([f"--run.dir={tmp_path / 'run'}", "--optim.lr=1e-3"]) == 2
     assert capsys.readouterr().err == ""
