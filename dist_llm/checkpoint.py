@@ -18,7 +18,6 @@ about training: it stores the state dicts it is given.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from dist_llm.atomic_io import atomic_write, fsync_path
+from dist_llm.file_hash import file_sha256
 from dist_llm.json_file import read_json
 from dist_llm.model.config import architecture_differences
 
@@ -46,7 +46,6 @@ CONFIG = "config.json"
 # Test hook: when set to a step number, the process dies abruptly halfway through writing that checkpoint.
 CRASH_ENV = "DIST_LLM_CRASH_IN_CHECKPOINT_STEP"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-_HASH_CHUNK = 8 << 20  # bytes read per step while hashing: a multi-GB file never sits in memory at once
 
 
 class CheckpointError(RuntimeError):
@@ -139,17 +138,6 @@ def _write_json(path: Path, data: Any) -> None:
         json.dump(data, f, indent=1)
         f.flush()
         os.fsync(f.fileno())  # no rename: the whole directory is renamed once complete
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content, read in chunks into one reused buffer."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while size := f.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
 
 
 def _crash_if_requested(step: int) -> None:

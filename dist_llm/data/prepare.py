@@ -45,6 +45,7 @@ import numpy as np
 from dist_llm.atomic_io import fsync_path
 from dist_llm.data.meta import FORMAT_VERSION, META_NAME, read_meta, token_dtype, write_meta
 from dist_llm.data.sources import DataError, iter_chunks, resolve_inputs, split_chunk
+from dist_llm.file_hash import file_sha256
 from dist_llm.tokenizer.progress import progress_bar
 
 DEFAULT_CHUNK_SIZE = 1 << 18  # small enough to balance 2+ workers on a few-MB corpus
@@ -161,11 +162,7 @@ def describe_inputs(files: list[Path], previous: list[dict] | None = None) -> li
         if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
             entry["sha256"] = old["sha256"]
         else:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 16), b""):
-                    h.update(block)
-            entry["sha256"] = h.hexdigest()
+            entry["sha256"] = file_sha256(path)
         described.append(entry)
     return described
 
