@@ -83,8 +83,8 @@ def _newline_cut(window: bytes, lo: int, hi: int, specials: Sequence[bytes]) -> 
     whitespace), earlier pre-tokens are decided by the text up to X and at most the line break after
     it (a "'" before X = "l" reads one more character to rule out "'ll"; a line break, like the end of
     the text, rules it out), and the pattern has no look-behind, so matching from the line break on
-    gives the same pre-tokens as in the whole text. Being
-    ASCII, both bytes are character boundaries, and Windows line ends ("\\r\\n") work too.
+    gives the same pre-tokens as in the whole text. Being ASCII, both bytes are character boundaries,
+    and Windows line ends ("\\r\\n") work too.
     """
     for m in _NEWLINE_CUT.finditer(window, max(0, lo - 1), hi):
         p = m.end()
