@@ -40,8 +40,12 @@ class Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the initial weight (also how a model built on the meta device gets its values)."""
         # std sqrt(2 / (fan_in + fan_out)) keeps activation variance roughly constant through depth.
-        _trunc_normal_(self.weight, math.sqrt(2.0 / (in_features + out_features)))
+        _trunc_normal_(self.weight, math.sqrt(2.0 / (self.in_features + self.out_features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T
@@ -63,6 +67,9 @@ class Embedding(nn.Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.fused = num_embeddings, embedding_dim, fused
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
         _trunc_normal_(self.weight, 1.0)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,11 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.eps, self.fused = eps, fused
-        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype

@@ -23,19 +23,32 @@ class RotaryPositionalEmbedding(nn.Module):
         super().__init__()
         if d_k % 2 != 0:
             raise ValueError(f"RoPE needs an even head dimension d_k, got d_k={d_k}")
-        self.d_k, self.max_seq_len, self.fused = d_k, max_seq_len, fused
-        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
-        angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq[None, :]
-        cos = angles.cos().repeat_interleave(2, dim=-1)  # (max_seq_len, d_k): cos a_i at 2i and 2i+1
-        sin = angles.sin()
-        signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)  # -sin a_i at 2i, +sin a_i at 2i+1
-        # Built in float64, stored in float32. Non-persistent: derived from the config, so they never
-        # enter a state dict (a checkpoint stays loadable if max_seq_len changes).
-        self.register_buffer("cos", cos.float(), persistent=False)
-        self.register_buffer("signed_sin", signed_sin.float(), persistent=False)
+        self.d_k, self.max_seq_len, self.fused, self.theta = d_k, max_seq_len, fused, theta
+        # Non-persistent: derived from the config, so they never enter a state dict (a checkpoint stays
+        # loadable if max_seq_len changes). Filled by reset_parameters.
+        self.register_buffer("cos", torch.empty(max_seq_len, d_k, device=device), persistent=False)
+        self.register_buffer("signed_sin", torch.empty(max_seq_len, d_k, device=device), persistent=False)
         # One (cos a_i, sin a_i) per pair for the complex path. Kept real (…, 2), not complex: a
         # module.to(bfloat16) would drop the imaginary part of a complex buffer.
-        self.register_buffer("cos_sin", torch.stack((angles.cos(), sin), dim=-1).float(), persistent=False)
+        pairs = torch.empty(max_seq_len, d_k // 2, 2, device=device)
+        self.register_buffer("cos_sin", pairs, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re)compute the tables: at construction, and for a model built on the meta device once it has
+        real memory (the nn.Module convention for state a module derives itself)."""
+        if self.cos.is_meta:
+            return
+        device, d_k = self.cos.device, self.d_k
+        inv_freq = self.theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        positions = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)
+        angles = positions[:, None] * inv_freq[None, :]
+        sin = angles.sin()
+        # Built in float64, stored in float32.
+        self.cos.copy_(angles.cos().repeat_interleave(2, dim=-1))  # cos a_i at 2i and 2i+1
+        self.signed_sin.copy_(torch.stack((-sin, sin), dim=-1).flatten(-2))  # -sin a_i at 2i, +sin at 2i+1
+        self.cos_sin.copy_(torch.stack((angles.cos(), sin), dim=-1))
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (..., seq, d_k); token_positions: integer tensor broadcastable to x.shape[:-1], or None
