@@ -21,7 +21,13 @@ import torch
 
 from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import COMPLETE as COMPLETE_MARKER
-from dist_llm.checkpoint import CheckpointError, find_latest_checkpoint, verify_checkpoint
+from dist_llm.checkpoint import (
+    CheckpointError,
+    checkpoint_format,
+    find_latest_checkpoint,
+    read_full_state,
+    verify_checkpoint,
+)
 from dist_llm.json_file import read_json
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.tokenizer import Tokenizer
@@ -71,7 +77,8 @@ def resolve_checkpoint(checkpoint_dir: str | Path) -> ModelSource:
         verify_checkpoint(ckpt)
     except CheckpointError as e:
         raise PretrainedError(str(e)) from None
-    for name in (MODEL_FILE, CONFIG_FILE):
+    sharded = checkpoint_format(ckpt) == "sharded"  # tensors in shards/, read as whole tensors
+    for name in (CONFIG_FILE,) if sharded else (MODEL_FILE, CONFIG_FILE):
         if not (ckpt / name).is_file():
             raise PretrainedError(f"{ckpt}: checkpoint has no {name}")
     return ModelSource(ckpt, _tokenizer_dir_for(ckpt))
@@ -118,6 +125,13 @@ def read_state_dict(model_dir: str | Path, device: str | torch.device = "cpu") -
     from safetensors.torch import load_file
 
     path = Path(model_dir) / MODEL_FILE
+    if not path.exists() and (Path(model_dir) / COMPLETE_MARKER).is_file() \
+            and checkpoint_format(model_dir) == "sharded":
+        try:
+            state, _ = read_full_state(model_dir, with_optimizer=False)
+        except CheckpointError as e:
+            raise PretrainedError(str(e)) from None
+        return {name: tensor.to(device) for name, tensor in state.items()}
     try:
         return load_file(path, device=str(device))
     except FileNotFoundError:

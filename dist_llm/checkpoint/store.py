@@ -36,6 +36,7 @@ from dist_llm.atomic_io import atomic_write, fsync_path
 from dist_llm.file_hash import file_sha256
 from dist_llm.json_file import read_json
 from dist_llm.model.config import architecture_differences
+from dist_llm.shards import copy_full_into
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
@@ -83,7 +84,7 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _jsonable_group(group: dict[str, Any]) -> dict[str, Any]:
+def jsonable_group(group: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in group.items():
         if isinstance(value, torch.Tensor):
@@ -102,7 +103,7 @@ def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor
                 tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = value
-    meta = {"param_groups": [_jsonable_group(g) for g in state["param_groups"]], "scalars": scalars}
+    meta = {"param_groups": [jsonable_group(g) for g in state["param_groups"]], "scalars": scalars}
     return tensors, meta
 
 
@@ -133,43 +134,71 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json_durably(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
         f.flush()
         os.fsync(f.fileno())  # no rename: the whole directory is renamed once complete
 
 
-def _crash_if_requested(step: int) -> None:
+def crash_if_requested(step: int) -> None:
     if os.environ.get(CRASH_ENV) == str(step):
         os._exit(43)  # no cleanup, no finally blocks: what a kill -9 or a node failure looks like
+
+
+def new_temp_dir(root: str | Path, step: int, owner: int | None = None) -> Path:
+    """An empty hidden directory next to where step's checkpoint goes; `owner` (default: this process)
+    tags it so that a crashed writer's leftovers can be told from a live one's."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp_{step_dir_name(step)}_{os.getpid() if owner is None else owner}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
 
 
 def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch.Tensor],
                      optimizer_state: dict[str, Any] | None, trainer_state: dict[str, Any],
                      config: dict[str, Any], keep_last: int | None = None) -> Path:
     """Atomically write `root/step_{step:08d}/` and keep only the newest `keep_last` complete ones."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / f".tmp_{step_dir_name(step)}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = new_temp_dir(root, step)
     _save_tensors(tmp / MODEL_FILE, model_state)
-    _crash_if_requested(step)
+    crash_if_requested(step)
     if optimizer_state is not None:
         tensors, meta = split_optimizer_state(optimizer_state)
         _save_tensors(tmp / OPTIMIZER_TENSORS, tensors)
-        _write_json(tmp / OPTIMIZER_JSON, meta)
-    _write_json(tmp / TRAINER_STATE, trainer_state)
-    _write_json(tmp / CONFIG, config)
-    files = sorted(tmp.iterdir())
-    # Hashed right after writing, while the files are still in the page cache. "files" keeps its old
-    # form (name -> size) so that older versions of this module still read new checkpoints.
-    manifest = {"step": step, "files": {p.name: p.stat().st_size for p in files},
-                "sha256": {p.name: file_sha256(p) for p in files}}
-    _write_json(tmp / COMPLETE, manifest)
+        write_json_durably(tmp / OPTIMIZER_JSON, meta)
+    write_json_durably(tmp / TRAINER_STATE, trainer_state)
+    write_json_durably(tmp / CONFIG, config)
+    return finalize_checkpoint(tmp, root, step, keep_last)
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """Every file under a checkpoint directory (shard files sit in a subdirectory), sorted."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE)
+
+
+def finalize_checkpoint(tmp: Path, root: str | Path, step: int, keep_last: int | None = None, *,
+                        sha256: dict[str, str] | None = None, fmt: str = "full") -> Path:
+    """Write the COMPLETE manifest of everything in `tmp`, then move it into place as step's checkpoint.
+
+    sha256: the files' checksums when the writers already computed them (each rank its own files, in
+    parallel); otherwise they are computed here, right after writing, while the files are still in the
+    page cache. "files" keeps its old form (name -> size) so that older versions still read it.
+    """
+    root = Path(root)
+    final = root / step_dir_name(step)
+    files = {p.relative_to(tmp).as_posix(): p for p in checkpoint_files(tmp)}
+    sums = sha256 if sha256 is not None else {name: file_sha256(p) for name, p in files.items()}
+    if set(sums) != set(files):
+        raise CheckpointError(f"{tmp}: checksums cover {sorted(sums)[:3]}..., the files are "
+                              f"{sorted(files)[:3]}...")
+    manifest = {"step": step, "format": fmt, "files": {n: p.stat().st_size for n, p in files.items()},
+                "sha256": sums}
+    write_json_durably(tmp / COMPLETE, manifest)
+    for sub in {p.parent for p in files.values()} - {tmp}:
+        fsync_path(sub)
     fsync_path(tmp)
     if final.exists():  # rename() cannot replace a non-empty directory: move the old one aside first
         old = root / f".old_{step_dir_name(step)}_{os.getpid()}"
@@ -301,16 +330,21 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     checksums: bool = True) -> LoadedCheckpoint:
-    """Verify (see verify_checkpoint for `checksums`), then load everything onto the CPU."""
+    """Verify (see verify_checkpoint for `checksums`), then load everything onto the CPU as whole tensors,
+    whichever format the checkpoint has (a sharded one is consolidated in memory)."""
+    from dist_llm.checkpoint.sharded import checkpoint_format, read_full_state
+
     path = Path(path)
     verify_checkpoint(path, checksums=checksums)
-    optimizer_state = None
-    if (path / OPTIMIZER_TENSORS).is_file():
-        optimizer_state = join_optimizer_state(_load_tensors(path / OPTIMIZER_TENSORS),
-                                               _read_json(path / OPTIMIZER_JSON), optimizer)
-    return LoadedCheckpoint(path=path, model_state=_load_tensors(path / MODEL_FILE),
-                            optimizer_state=optimizer_state, trainer_state=_read_json(path / TRAINER_STATE),
-                            config=_read_json(path / CONFIG))
+    if checkpoint_format(path) == "sharded":
+        model_state, optimizer_state = read_full_state(path, optimizer)
+    else:
+        model_state, optimizer_state = _load_tensors(path / MODEL_FILE), None
+        if (path / OPTIMIZER_TENSORS).is_file():
+            optimizer_state = join_optimizer_state(_load_tensors(path / OPTIMIZER_TENSORS),
+                                                   _read_json(path / OPTIMIZER_JSON), optimizer)
+    return LoadedCheckpoint(path=path, model_state=model_state, optimizer_state=optimizer_state,
+                            trainer_state=_read_json(path / TRAINER_STATE), config=_read_json(path / CONFIG))
 
 
 def check_model_config(saved: dict[str, Any], current: dict[str, Any], source: str | Path) -> None:
@@ -323,15 +357,17 @@ def check_model_config(saved: dict[str, Any], current: dict[str, Any], source: s
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    target = unwrap_model(model)
-    own = target.state_dict()
+    """Copy whole tensors into a model's weights, after checking names and shapes. Under FSDP the
+    weights are shards (DTensors, whose shape is the whole tensor's): each rank keeps its part."""
+    own = unwrap_model(model).state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]})")
-    target.load_state_dict(state)
+    for name, tensor in own.items():  # state_dict() values share storage with the parameters
+        copy_full_into(tensor, state[name])
 
 
 # ---------------------------------------------------------------- the small public API
