@@ -90,7 +90,9 @@ class TrainSection:
     max_tokens: int = 0  # if several are given the run stops at the first one reached
     num_epochs: float = 0.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
-    compile: bool = False
+    compile: bool = False  # whole model under ddp; each block (regional) with fsdp/hsdp or checkpointing
+    activation_checkpointing: str = "none"  # none | full (every block) | selective (every ac_every-th)
+    ac_every: int = 2  # with activation_checkpointing = "selective": recompute every k-th block
     skip_nonfinite: int = 0  # skip up to this many steps with a non-finite loss; 0 = stop at the first
 
 
@@ -109,6 +111,8 @@ class EvalSection:
 class CheckpointSection:
     interval: int = 0  # write every N steps (0 = only at the end)
     keep_last: int = 2
+    format: str = "auto"  # auto (full with ddp, sharded with fsdp/hsdp) | full (rank 0 writes) | sharded
+    async_save: bool = False  # sharded only: training goes on while the checkpoint is written
 
 
 @dataclass
@@ -125,6 +129,10 @@ class DistSection:
     device: str = "auto"  # auto (cuda > mps > cpu) | cuda | mps | cpu
     backend: str = "auto"  # auto (nccl on CUDA, gloo otherwise) | nccl | gloo
     timeout_s: int = 1800
+    strategy: str = "ddp"  # ddp (whole model per rank) | fsdp (shard params, grads, optimizer) | hsdp
+    shard_group_size: int = 0  # hsdp: ranks per sharding group (0 = GPUs per node, LOCAL_WORLD_SIZE)
+    reshard_after_forward: bool = True  # fsdp/hsdp: free gathered params after forward (less memory)
+    cpu_offload: bool = False  # fsdp/hsdp: params, grads and optimizer state live on the CPU
 
 
 @dataclass
@@ -310,6 +318,18 @@ def validate(cfg: RunConfig) -> None:
     _check_choice(cfg, "optim.impl", ("torch", "dist_llm"))
     _check_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
     _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))
+    _check_choice(cfg, "dist.strategy", ("ddp", "fsdp", "hsdp"))
+    _check_choice(cfg, "train.activation_checkpointing", ("none", "full", "selective"))
+    _check_choice(cfg, "checkpoint.format", ("auto", "full", "sharded"))
+    _check_bounds(cfg, "train.ac_every", 1)
+    _check_bounds(cfg, "dist.shard_group_size", 0)
+    sharded = cfg.dist.strategy in ("fsdp", "hsdp")
+    _require(not (sharded and t.precision == "fp16"), "train.precision",
+             f"fp16 is not supported with dist.strategy={cfg.dist.strategy!r} (its loss scaling is "
+             f"DDP-only here); use bf16, which needs no loss scaling")
+    _require(not (cfg.checkpoint.async_save and cfg.checkpoint.format == "full"), "checkpoint.async_save",
+             "needs checkpoint.format = \"sharded\" (or \"auto\" with fsdp/hsdp): a full checkpoint is "
+             "gathered to rank 0 and written there")
     _require(cfg.dist.device.split(":")[0] in ("auto", "cuda", "mps", "cpu"), "dist.device",
              f"must be auto, cuda[:N], mps or cpu; got {cfg.dist.device!r}")
     if not cfg.tokenizer.path and not cfg.run.init_from:  # this run trains its BPE tokenizer

@@ -196,6 +196,17 @@ def is_main() -> bool:
     return not _active() or dist.get_rank() == 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
+
+
+def new_gloo_group() -> Any:
+    """A second process group over all ranks, on gloo (CPU tensors), for messages sent from a background
+    thread (e.g. an asynchronous checkpoint), which must not mix with the training's own collectives."""
+    return dist.new_group(backend="gloo") if _active() else None
+
+
 def barrier() -> None:
     if _active():
         dist.barrier()

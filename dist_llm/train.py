@@ -30,7 +30,7 @@ import torch
 
 from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
-from dist_llm.checkpoint import CheckpointError, read_checkpoint
+from dist_llm.checkpoint import CheckpointError, model_state_for_saving
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
 from dist_llm.distributed import DistContext, DistributedError, distributed_context
 from dist_llm.losses import fused_cross_entropy
@@ -44,14 +44,24 @@ from dist_llm.metrics import (
     progress_bar,
     truncate_metrics,
 )
+from dist_llm.parallelize import Parallelism, ParallelismError, effective_strategy, hsdp_shape, parallelize
 from dist_llm.rng import seed_everything
 from dist_llm.training import outputs, precision
 from dist_llm.training.evaluation import ValidationWindows
 from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
+from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
 from dist_llm.training.plan import make_plan
 from dist_llm.training.signals import StopRequest
-from dist_llm.training.state import choose_checkpoint, restore_training_state, save_training_state
+from dist_llm.training.state import (
+    CheckpointWriter,
+    checkpoint_format_for,
+    choose_checkpoint,
+    gathered_model_state,
+    restore_training_state,
+    trainer_state_dict,
+)
+from dist_llm.training.step import forward_backward
 
 
 class TrainingError(RuntimeError):
@@ -73,11 +83,38 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
         return _train(cfg, ctx, stop)
 
 
+def _parallelism(cfg: RunConfig) -> Parallelism:
+    sharded = cfg.dist.strategy in ("fsdp", "hsdp")
+    return Parallelism(
+        strategy=cfg.dist.strategy, shard_group_size=cfg.dist.shard_group_size,
+        reshard_after_forward=cfg.dist.reshard_after_forward, cpu_offload=cfg.dist.cpu_offload,
+        activation_checkpointing=cfg.train.activation_checkpointing, ac_every=cfg.train.ac_every,
+        compile=cfg.train.compile,
+        param_dtype=precision.compute_dtype(cfg.train.precision) if sharded else None,
+    )  # fmt: skip
+
+
+def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
+    """Before any work: the strategy and checkpoint format this run can use on this many ranks."""
+    strategy = effective_strategy(cfg.dist.strategy, ctx.world_size)
+    if strategy == "single" and cfg.dist.strategy != "ddp":
+        say(f"note: dist.strategy={cfg.dist.strategy} is ignored: a single process has nothing to shard")
+    if strategy == "hsdp":
+        try:
+            replicas, group = hsdp_shape(ctx.world_size, cfg.dist.shard_group_size)
+        except ParallelismError as e:
+            raise ConfigError(str(e)) from None
+        say(f"hsdp: {replicas} replica group(s) of {group} ranks")
+    fmt = checkpoint_format_for(cfg.checkpoint.format, strategy in ("fsdp", "hsdp"), ctx.world_size)
+    return strategy, fmt
+
+
 def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
     with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
+        strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
         run_dir = Path(cfg.run.dir)
         # Continued pretraining: the source is checked before any work, and its tokenizer becomes the
         # run's (also on a resume, which must find the tokenizer the checkpoint was trained with).
@@ -89,7 +126,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer,
                                                                          path=init_source["tokenizer_dir"]))
         config_dict = cfg.to_dict()
-        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}; resolved config:\n"
+        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}, strategy {strategy}; resolved config:\n"
             + json.dumps(config_dict, indent=2))
         # Which checkpoint to resume from, decided by rank 0 before any work (it may fall back past
         # broken ones, and rejects one whose model differs from this config).
@@ -121,9 +158,17 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             f"micro-step x {plan.accum_steps} accumulation steps x {ctx.world_size} rank(s); "
             f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.2f} epochs)")
 
-        # ---- model and optimizer: same init on every rank (DDP also broadcasts rank 0's weights)
+        # ---- model: built on the meta device, laid over the ranks, then given memory and its initial
+        # weights (the same on every rank and under every strategy, from the run's seed)
+        model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
+        par_cfg = _parallelism(cfg)
+        memory = _memory_plan(model_cfg, par_cfg, strategy, ctx.world_size, plan.micro_batch_size,
+                              cfg.train.precision)
+        say(memory.summary())
+        check_fits(memory, device, strategy, cfg.train.activation_checkpointing)
         seed_everything(cfg.run.seed)
-        model = TransformerLM.from_config(ModelConfig.from_dict(dataclasses.asdict(cfg.model))).to(device)
+        par = parallelize(lambda: TransformerLM.from_config(model_cfg), par_cfg, ctx.world_size, device)
+        model = par.model
         if init_source:  # weights only: optimizer, LR schedule and data position start fresh
             load_initial_weights(model, init_source)
             say(f"init: weights from {init_source['model_dir']}" + (f" ({init_source['note']})"
@@ -143,8 +188,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         # it: hashing it again on every rank would read the whole checkpoint once more per rank)
         step, counters = 0, {"tokens": 0, "time_s": 0.0, "nonfinite_skipped": 0}
         if chosen:
-            loaded = read_checkpoint(chosen, optimizer, checksums=False)
-            state = restore_training_state(loaded, model, optimizer, scaler, loader, tokenizer.fingerprint,
+            state = restore_training_state(chosen, par, optimizer, scaler, loader, tokenizer.fingerprint,
                                            ctx.rank)
             step = state["step"]
             counters = {k: state.get(k, v) for k, v in counters.items()}
@@ -164,22 +208,13 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             tokenizer.save(run_dir / "tokenizer")
         distributed.barrier()
 
-        # ---- wrappers applied from outside the model: DDP, compile, autocast
-        train_model: torch.nn.Module = model
-        loss_fn = fused_cross_entropy  # the logits' gradient computed in its forward: see dist_llm/losses.py
-        if cfg.train.compile:
-            train_model = torch.compile(train_model)
-            # Compiled on its own (the model's graph ends at the logits, DDP sits between), so that it
-            # takes the loss's compiled form: one fused pass over the logits each way.
-            loss_fn = torch.compile(fused_cross_entropy)
-        if ctx.is_distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [device] if device.type == "cuda" else None
-            train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        # ---- the loss (compiled on its own: the model's graph ends at the logits, DDP sits between, so
+        # it takes the loss's compiled form: one fused pass over the logits each way), autocast, metrics
+        loss_fn = torch.compile(fused_cross_entropy) if cfg.train.compile else fused_cross_entropy
         autocast = precision.autocast(cfg.train.precision, device)
         peak = peak_flops(device, cfg.train.precision)
         flops_per_token = model.flops_per_token()
+        writer = CheckpointWriter(cfg, checkpoint_fmt, cfg.checkpoint.async_save)
 
         hooks = make_hooks(cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, run_dir, config_dict) \
             if main else []
@@ -196,13 +231,22 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 return
             last_eval_step = at_step
             started = time.perf_counter()
-            last_eval = val_windows.evaluate(model, cfg.eval.batch_size, device, autocast)
+            last_eval = val_windows.evaluate(model, cfg.eval.batch_size, device, autocast,
+                                             lockstep=par.sharded)
             if log:
                 log.write({"step": at_step, "tokens": counters["tokens"], **last_eval,
                            "time_s": time.perf_counter() - run_start})
             say(f"\nstep {at_step}: val_loss {last_eval['val_loss']:.4f}  ppl {last_eval['val_ppl']:.2f}  "
                 f"bpb {last_eval['val_bpb']:.4f}")
             window_start += time.perf_counter() - started  # evaluation time is not training throughput
+
+        def save_checkpoint(at_step: int, lr: float) -> None:
+            counters["time_s"] = time.perf_counter() - run_start
+            schedule = {"last_lr": lr, "warmup_steps": cfg.optim.warmup_steps,
+                        "decay_steps": plan.decay_steps}
+            path = writer.save(at_step, par, optimizer, trainer_state_dict(
+                at_step, counters, loader, scaler, tokenizer.fingerprint, schedule))
+            say(f"\ncheckpoint: {path}" + (" (written in the background)" if writer.asynchronous else ""))
 
         if log and chosen:
             log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
@@ -211,30 +255,17 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         if step == 0:
             evaluate_and_log(0)
         stop_reason = None
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         while step < plan.total_steps:
-            # -- one optimizer step: accum_steps micro-batches, gradients all-reduced on the last only
+            # -- one optimizer step: accum_steps micro-batches, gradients synchronised on the last only
             lr = lr_at(step, cfg.optim, plan.decay_steps)
             set_lr(optimizer, lr)
             epoch_before = loader.epoch
-            step_loss = torch.zeros((), device=device)
-            for micro in range(plan.accum_steps):
-                x, y = loader.next_batch()
-                last = micro == plan.accum_steps - 1
-                sync = contextlib.nullcontext() if last or not ctx.is_distributed else train_model.no_sync()
-                with sync:  # no_sync covers forward and backward of the non-final micro-steps
-                    with autocast:
-                        # No name for the logits: nothing holds them through backward unless the loss
-                        # saved them (the eager fused loss does not: tokens x vocab less at the peak).
-                        loss = loss_fn(train_model(x), y)
-                    # Each micro-batch is 1/accum_steps of the batch (and DDP averages over ranks), so the
-                    # summed gradients equal those of one big batch.
-                    scaler.scale(loss / plan.accum_steps).backward()
-                step_loss += loss.detach() / plan.accum_steps
+            step_loss = forward_backward(par, loader.next_batch, loss_fn, plan.accum_steps, autocast, scaler)
             scaler.unscale_(optimizer)
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+            grad_norm = par.clip_grad_norm_(max_norm)  # the global norm, whatever the strategy
             # One device->host read per step (both scalars at once): needed to stop on a non-finite loss.
-            loss_value, norm_value = torch.stack([step_loss.float(), grad_norm.float()]).tolist()
+            loss_value, norm_value = torch.stack([step_loss.float(), grad_norm.float().to(device)]).tolist()
             # With fp16 an infinite gradient norm is routine: the scaler skips that step and lowers its scale.
             norm_ok = math.isfinite(norm_value) or cfg.train.precision == "fp16"
             finite = math.isfinite(loss_value) and norm_ok
@@ -285,30 +316,43 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 stop_reason = stop.received or "a stop signal on another rank"
             periodic = cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0
             if periodic or stop_reason or step == plan.total_steps:
-                counters["time_s"] = time.perf_counter() - run_start
-                schedule = {"last_lr": lr, "warmup_steps": cfg.optim.warmup_steps,
-                            "decay_steps": plan.decay_steps}
-                path = save_training_state(cfg, step, model, optimizer, scaler, loader, counters,
-                                           tokenizer.fingerprint, schedule)
-                say(f"\ncheckpoint: {path}")
+                save_checkpoint(step, lr)
             if stop_reason and step < plan.total_steps:
                 if log:
                     log.write({"event": "stop_signal", "step": step, "signal": stop_reason})
                 say(f"stopping after step {step}: received {stop_reason}; resume with --resume auto")
                 break
         bar.close()
+        writer.close()  # a checkpoint still being written in the background is finished first
 
-        # ---- outputs: final model, sample, loss curve (rank 0)
+        # ---- outputs: final model, sample, loss curve (rank 0; every rank helps gather a sharded model)
         finished = step >= plan.total_steps
-        if main and finished:
-            outputs.write_final_model(run_dir, model, config_dict)
-            say(f"final model: {run_dir / 'model.safetensors'}")
-            if cfg.eval.sample_tokens:
+        if finished:
+            final_state = gathered_model_state(model) if par.sharded else None
+            if main:
+                outputs.write_final_model(run_dir, final_state or model_state_for_saving(model), config_dict)
+                say(f"final model: {run_dir / 'model.safetensors'}")
+            if cfg.eval.sample_tokens and (main or par.sharded):  # a sharded model generates on every rank
                 say("sample:\n" + outputs.sample_text(model, tokenizer, cfg.eval, cfg.run.seed))
         if main:
             say(outputs.write_loss_plot(run_dir))
         distributed.barrier()
         return {"step": step, "finished": finished, "stopped_by": stop_reason, **last_eval}
+
+
+def _memory_plan(model_cfg: Any, par_cfg: Parallelism, strategy: str, world_size: int, micro_batch: int,
+                 train_precision: str) -> MemoryPlan:
+    from dist_llm.model import TransformerLM
+
+    with torch.device("meta"):  # sizes only: no memory
+        skeleton = TransformerLM.from_config(model_cfg)
+    shard_degree = {"fsdp": world_size, "hsdp": hsdp_shape(world_size, par_cfg.shard_group_size)[1]
+                    if strategy == "hsdp" else 1}.get(strategy, 1)
+    return plan_memory(skeleton, strategy=strategy, shard_degree=shard_degree, micro_batch=micro_batch,
+                       context=model_cfg.context_length,
+                       compute_bytes=precision.bytes_per_value(train_precision),
+                       activation_checkpointing=par_cfg.activation_checkpointing, ac_every=par_cfg.ac_every,
+                       cpu_offload=par_cfg.cpu_offload)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,14 +28,37 @@ class ValidationWindows:
         self.indices = chosen[rank::world_size]
         self.total_windows = len(chosen)
         self.byte_lengths = token_byte_lengths(tokenizer, vocab_size)
+        # The most windows any rank has: under fsdp/hsdp every forward pass gathers parameters from all
+        # ranks, so every rank must run as many batches as the busiest one.
+        self.most_per_rank = -(-len(chosen) // world_size)
 
     def evaluate(self, model: torch.nn.Module, batch_size: int, device: torch.device,
-                 autocast: AbstractContextManager) -> dict[str, float]:
-        """{'val_loss', 'val_ppl', 'val_bpb'}; every rank must call it (it all-reduces)."""
+                 autocast: AbstractContextManager, lockstep: bool = False) -> dict[str, float]:
+        """{'val_loss', 'val_ppl', 'val_bpb'}; every rank must call it (it all-reduces).
+
+        lockstep: every rank runs the same number of forward passes (needed under fsdp/hsdp)."""
         sums = window_loss_sums(model, self.dataset, self.indices, self.byte_lengths, batch_size=batch_size,
                                 device=device, autocast=autocast)
+        if lockstep:
+            self._idle_batches(model, batch_size, device, autocast)
         loss_sum, tokens, num_bytes = distributed.all_reduce_sum([sums["loss_sum"], sums["tokens"],
                                                                   sums["bytes"]])
         val_loss = loss_sum / tokens
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
                 "val_bpb": loss_sum / max(num_bytes, 1) / math.log(2)}
+
+    @torch.no_grad()
+    def _idle_batches(self, model: torch.nn.Module, batch_size: int, device: torch.device,
+                      autocast: AbstractContextManager) -> None:
+        """Forward passes whose results are dropped, so that this rank joins as many parameter gathers
+        as the rank with the most windows."""
+        missing = -(-self.most_per_rank // batch_size) - (-(-len(self.indices) // batch_size))
+        if missing <= 0:
+            return
+        x = torch.from_numpy(self.dataset.windows(np.zeros(1, dtype=np.int64))[:, :-1]).to(device)
+        was_training = model.training
+        model.eval()
+        for _ in range(missing):
+            with autocast:
+                model(x)
+        model.train(was_training)

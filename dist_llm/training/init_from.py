@@ -19,6 +19,7 @@ import torch
 
 from dist_llm.config import ConfigError, RunConfig
 from dist_llm.model.config import architecture_differences
+from dist_llm.shards import copy_full_into
 
 
 def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
@@ -68,5 +69,5 @@ def load_initial_weights(model: torch.nn.Module, source: dict[str, Any]) -> None
         check_weights_match(state, model, f"{source['model_dir']}/model.safetensors")
     except PretrainedError as e:
         raise ConfigError(f"'run.init_from': {e}") from None
-    with torch.no_grad():
-        model.load_state_dict(state)
+    for name, tensor in model.state_dict().items():  # a shard of each under fsdp/hsdp
+        copy_full_into(tensor, state[name])

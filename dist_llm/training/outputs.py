@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from dist_llm.atomic_io import atomic_write, atomic_write_json
-from dist_llm.checkpoint import model_state_for_saving, unwrap_model
+from dist_llm.checkpoint import unwrap_model
 from dist_llm.config import EvalSection
 from dist_llm.tokenizer import Tokenizer
 
@@ -32,10 +32,10 @@ def set_aside_previous_run(run_dir: Path) -> Path | None:
     return target
 
 
-def write_final_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+def write_final_model(run_dir: Path, model_state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """RUN/model.safetensors (float32, plain names) + config.json, each written atomically (RUN/tokenizer/
-    is written when the run starts)."""
-    tensors = {k: v.float() for k, v in model_state_for_saving(model).items()}
+    is written when the run starts). model_state: whole tensors (see training.state for gathering them)."""
+    tensors = {k: v.float() for k, v in model_state.items()}
     atomic_write(run_dir / "model.safetensors",
                  lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_json(run_dir / "config.json", config)

@@ -31,3 +31,12 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """Enabled only for fp16; disabled, its scale/unscale/step calls pass straight through."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The dtype matmuls run in (None: float32)."""
+    return _DTYPES.get(precision)
+
+
+def bytes_per_value(precision: str) -> int:
+    return 4 if precision == "fp32" else 2

@@ -1,0 +1,34 @@
+"""One optimizer step's forward and backward passes: gradient accumulation over micro-batches.
+
+Gradients are synchronised on the last micro-step only (ddp: no_sync; fsdp/hsdp: no reduce-scatter)
+so an accumulation of A micro-steps costs one round of communication, not A.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+from dist_llm.parallelize import ParallelModel
+
+
+def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], accum_steps: int,
+                     autocast: AbstractContextManager, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Accumulate the gradients of one global batch; return its mean loss (a device scalar: reading it
+    would stall the device, so the caller reads it once, with the gradient norm)."""
+    step_loss = torch.zeros((), device=next(par.model.parameters()).device)
+    for micro in range(accum_steps):
+        x, y = next_batch()
+        with par.gradient_sync(micro == accum_steps - 1):  # covers forward and backward
+            with autocast:
+                # No name for the logits: nothing holds them through backward unless the loss saved them
+                # (the eager fused loss does not: tokens x vocab less at the peak).
+                loss = loss_fn(par.train_step_module(x), y)
+            # Each micro-batch is 1/accum_steps of the batch (and ranks are averaged), so the summed
+            # gradients equal those of one big batch.
+            scaler.scale(loss / accum_steps).backward()
+        step_loss += loss.detach().to(step_loss.device) / accum_steps
+    return step_loss
