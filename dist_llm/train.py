@@ -105,6 +105,10 @@ def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
         except ParallelismError as e:
             raise ConfigError(str(e)) from None
         say(f"hsdp: {replicas} replica group(s) of {group} ranks")
+    if cfg.dist.cpu_offload and strategy in ("fsdp", "hsdp") and ctx.device.type != "cuda":
+        raise ConfigError(f"'dist.cpu_offload' moves parameters, gradients and optimizer state from the GPU "
+                          f"to host memory; this run computes on {ctx.device}, where there is nothing to "
+                          f"offload: leave it false")
     fmt = checkpoint_format_for(cfg.checkpoint.format, strategy in ("fsdp", "hsdp"), ctx.world_size)
     return strategy, fmt
 

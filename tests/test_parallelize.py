@@ -177,6 +177,10 @@ def test_hsdp_group_must_divide_the_world_size(tiny_data, tmp_path):
     four_ranks = DistContext(rank=0, local_rank=0, world_size=4, device=torch.device("cpu"), backend="gloo")
     with pytest.raises(ConfigError, match=r"'dist.shard_group_size' \(3\)"):
         _check_layout(cfg, four_ranks, print)
+    offload = parse_args(tiny_train_args(tiny_data, tmp_path / "r", "--dist.strategy=fsdp",
+                                         "--dist.cpu_offload=true"))
+    with pytest.raises(ConfigError, match=r"'dist.cpu_offload' .* this run computes on cpu"):
+        _check_layout(offload, four_ranks, print)
 
 
 def test_sharded_format_in_a_single_process_fails_before_any_work(tiny_data, tmp_path, capsys):

@@ -5,11 +5,13 @@ AdamW's two fp32 moments, divided by the sharding degree under fsdp/hsdp. ddp al
 buckets (a second copy of the gradients). fsdp adds the parameters it has gathered at a time: the root
 (embeddings, head) and up to two blocks (the one running and the one prefetched), in the compute dtype.
 
-Activations are an estimate: per block and token, the tensors autograd keeps for backward are about
-11 * d_model + 4 * d_ff values (norm inputs and outputs, q, k, v before and after RoPE, the attention
-output; the three SwiGLU d_ff-wide products), plus the head's tokens x vocab logits and their gradient
-in fp32 at the loss. A checkpointed block keeps only its input (d_model values per token), and one block
-is recomputed at a time in backward. bench/bench_memory.py measures these against the plan.
+Activations are an estimate: per block and token, autograd keeps about 12 * d_model + 4 * d_ff values
+for backward (norm inputs and outputs, q, k, v before and after RoPE, the attention output and the
+projections' inputs; the SwiGLU d_ff-wide products), and about 3 * d_model float32 values outside the
+blocks (final norm, head input): within 1% of bench/bench_memory.py's exact count at the GPT-2-small
+shape in fp32. A checkpointed block keeps only its input (d_model float32 values per token); in backward
+one block at a time is recomputed. At the loss, the tokens x vocab logits and their float32 gradient
+exist for a moment on top of that.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class MemoryPlan:
     gradients: int
     optimizer: int
     gathered: int
-    activations: int
+    activations: int  # kept for backward at the end of forward
+    transient: int  # on top, for a moment: the logits and their gradient; a recomputed block
     on_cpu: bool = False  # cpu_offload: parameters, gradients and optimizer state live in host memory
 
     @property
@@ -41,13 +44,14 @@ class MemoryPlan:
 
     @property
     def device_total(self) -> int:
-        return (0 if self.on_cpu else self.model_state) + self.gathered + self.activations
+        return (0 if self.on_cpu else self.model_state) + self.gathered + self.activations + self.transient
 
     def summary(self) -> str:
         where = " (on the CPU)" if self.on_cpu else ""
         return (f"memory per rank (estimate): parameters {self.parameters / GIB:.2f} GiB, gradients "
                 f"{self.gradients / GIB:.2f} GiB, optimizer {self.optimizer / GIB:.2f} GiB{where}, gathered "
-                f"parameters {self.gathered / GIB:.2f} GiB, activations {self.activations / GIB:.2f} GiB; "
+                f"parameters {self.gathered / GIB:.2f} GiB, activations {self.activations / GIB:.2f} GiB "
+                f"(+{self.transient / GIB:.2f} GiB at the loss); "
                 f"about {self.device_total / GIB:.2f} GiB on the device")
 
 
@@ -76,13 +80,14 @@ def plan_memory(model: nn.Module, *, strategy: str, shard_degree: int, micro_bat
         gathered = (outside + 2 * block) * compute_bytes + 4 * block  # + one block's unsharded gradient
     tokens = micro_batch * context
     d, f, layers = cfg.d_model, cfg.d_ff, cfg.num_layers
-    per_block = tokens * (11 * d + 4 * f) * compute_bytes
+    per_block = tokens * (12 * d + 4 * f) * compute_bytes
     checkpointed = {"none": 0, "full": layers, "selective": -(-layers // ac_every)}[activation_checkpointing]
-    activations = (layers - checkpointed) * per_block + checkpointed * tokens * d * 4
+    activations = (layers - checkpointed) * per_block + checkpointed * tokens * d * 4 + tokens * 3 * d * 4
+    transient = tokens * cfg.vocab_size * (compute_bytes + 4)  # the logits, and their fp32 gradient
     if checkpointed:
-        activations += per_block  # the block recomputed in backward
-    activations += tokens * cfg.vocab_size * (compute_bytes + 4)  # logits, and their fp32 gradient
-    return MemoryPlan(parameters, gradients, optimizer, gathered, activations, on_cpu=cpu_offload and sharded)
+        transient += per_block  # the block recomputed in backward
+    return MemoryPlan(parameters, gradients, optimizer, gathered, activations, transient,
+                      on_cpu=cpu_offload and sharded)
 
 
 def check_fits(plan: MemoryPlan, device: torch.device, strategy: str, activation_checkpointing: str) -> None:

@@ -19,7 +19,7 @@ def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Te
                      autocast: AbstractContextManager, scaler: torch.amp.GradScaler) -> torch.Tensor:
     """Accumulate the gradients of one global batch; return its mean loss (a device scalar: reading it
     would stall the device, so the caller reads it once, with the gradient norm)."""
-    step_loss = torch.zeros((), device=next(par.model.parameters()).device)
+    step_loss = torch.zeros(())  # moved to the loss's device at the first micro-step
     for micro in range(accum_steps):
         x, y = next_batch()
         with par.gradient_sync(micro == accum_steps - 1):  # covers forward and backward
@@ -30,5 +30,5 @@ def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Te
             # Each micro-batch is 1/accum_steps of the batch (and ranks are averaged), so the summed
             # gradients equal those of one big batch.
             scaler.scale(loss / accum_steps).backward()
-        step_loss += loss.detach().to(step_loss.device) / accum_steps
+        step_loss = step_loss.to(loss.device) + loss.detach() / accum_steps
     return step_loss
