@@ -32,8 +32,8 @@ from dist_llm.data.errors import DataError
 from dist_llm.data.meta import META_NAME, PART_META_NAME, read_meta, split_files, write_meta
 
 # Keys that must be equal in every part: what the tokens are made with.
-_MUST_MATCH = ("format_version", "dtype", "separator", "separator_id", "vocab_size", "tokenizer_fingerprint",
-               "options")
+_MUST_MATCH = ("tokenizer_fingerprint", "options", "format_version", "dtype", "separator", "separator_id",
+               "vocab_size")
 _SPLITS = ("train", "val")
 
 
@@ -68,11 +68,13 @@ def part_files(files: list[Path], index: int, count: int) -> list[Path]:
 
 
 def merge_parts(part_dirs: list[str | Path], out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Check that the parts belong together and write out_dir/meta.json listing all their token files."""
+    """Check that the parts belong together and write out_dir/meta.json listing all their token files
+    (paths relative to out_dir; default out_dir: the directory that holds the part directories)."""
     dirs = [Path(d) for d in part_dirs]
     if not dirs:
         raise DataError("merge: give the part directories")
-    out = Path(out_dir) if out_dir is not None else Path(os.path.commonpath([d.resolve() for d in dirs]))
+    parents = [d.resolve().parent for d in dirs]
+    out = Path(out_dir) if out_dir is not None else Path(os.path.commonpath(parents))
     metas = [read_meta(d, PART_META_NAME) for d in dirs]
     first = metas[0]
     count = first["part"]["count"]
@@ -139,7 +141,8 @@ def merge_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_llm.data.prepare merge",
                                      description="Join the parts of a --part I/N preparation.")
     parser.add_argument("parts", nargs="+", help="the part directories (each holds a part.json)")
-    parser.add_argument("--out", help=f"where to write {META_NAME} (default: the parts' common parent)")
+    parser.add_argument("--out", help=f"where to write {META_NAME} (default: the directory that holds the "
+                                      "part directories)")
     args = parser.parse_args(argv)
     try:
         meta = merge_parts(args.parts, args.out)
