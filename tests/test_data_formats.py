@@ -9,9 +9,9 @@ import sys
 
 import pytest
 from test_data_prepare import SEP, expected_ids, make_tokenizer, nasty_docs
+from test_data_shards import read_stream
 
 from dist_llm.data import DataError, prepare_corpus
-from dist_llm.data.meta import read_meta, split_files
 
 _HOW = "pip install -e '.[test]' installs it (or the extras parquet and zstd)"
 pa = pytest.importorskip("pyarrow", reason=f"Parquet input needs pyarrow: {_HOW}")
@@ -22,15 +22,6 @@ zstandard = pytest.importorskip("zstandard", reason=f"zstd input needs zstandard
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
-
-
-def read_stream(out_dir, split: str) -> list[int]:
-    """A split's whole token stream, over all its files."""
-    import numpy as np
-
-    meta = read_meta(out_dir)
-    return [t for name, _ in split_files(meta, split)
-            for t in np.fromfile(out_dir / name, dtype=meta["dtype"]).tolist()]
 
 
 def write_parquet(path, docs, field="text", row_group_size=7):

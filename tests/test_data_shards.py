@@ -10,11 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from test_data_formats import read_stream
 from test_data_prepare import SEP, expected_ids, make_tokenizer, nasty_docs, write_txt
 
 from dist_llm.data import DataError, MemmapTokens, prepare_corpus
-from dist_llm.data.meta import write_meta
+from dist_llm.data.meta import read_meta, split_files, write_meta
 from dist_llm.data.parts import merge_parts, parse_part, part_files
 from dist_llm.data.prepare import is_validation_doc, main
 
@@ -22,6 +21,13 @@ from dist_llm.data.prepare import is_validation_doc, main
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
+
+
+def read_stream(out_dir, split: str) -> list[int]:
+    """A split's whole token stream, over all its files."""
+    meta = read_meta(out_dir)
+    return [t for name, _ in split_files(meta, split)
+            for t in np.fromfile(out_dir / name, dtype=meta["dtype"]).tolist()]
 
 
 @pytest.fixture
