@@ -66,6 +66,9 @@ def test_shards_hold_at_most_shard_size_tokens_and_load_as_one_stream(tmp_path, 
         every = np.arange(len(a))  # windows crossing file boundaries included
         np.testing.assert_array_equal(a.windows(every), b.windows(every))
         np.testing.assert_array_equal(b.windows(every[::-1]), a.windows(every[::-1]))
+    assert len(a.tokens) == a.num_tokens
+    with pytest.raises(DataError, match=r"stored in \d+ token files.*windows\(indices\)"):
+        b.tokens  # noqa: B018
 
 
 def test_one_document_tail_rule_works_across_shards(tmp_path, tok):

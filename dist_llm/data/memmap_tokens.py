@@ -69,7 +69,7 @@ class MemmapTokens:
         self.files = [np.memmap(p, dtype=self.dtype, mode="r", shape=(n,)) for p, n in used]
         # starts[k] = stream position of file k's first token; starts[-1] = num_tokens
         self._starts = np.cumsum([0] + [n for _, n in used], dtype=np.int64)
-        self.tokens = self.files[0] if len(self.files) == 1 else None  # the one-file fast path
+        self._single = self.files[0] if len(self.files) == 1 else None  # the one-file fast path
         # Offsets of one window relative to its start, reused by every gather.
         self._offsets = np.arange(context_length + 1, dtype=np.int64)
 
@@ -81,6 +81,14 @@ class MemmapTokens:
             raise DataError(f"{path} {found}, but meta.json says {num_tokens} {self.dtype.name} "
                             f"tokens = {expected_size} bytes; the file is truncated or from another run: "
                             f"{prepare_hint}")
+
+    @property
+    def tokens(self) -> np.memmap:
+        """The split's tokens as one array: only for a split stored in one file (use windows() otherwise)."""
+        if self._single is None:
+            raise DataError(f"split {self.split!r} of {self.data_dir} is stored in {len(self.files)} token "
+                            "files, not one array; read it with windows(indices) / window(i)")
+        return self._single
 
     @property
     def content_fingerprint(self) -> str:
@@ -99,8 +107,8 @@ class MemmapTokens:
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"window index out of range [0, {len(self)}) for {self.path}")
         positions = (indices * self.context_length)[:, None] + self._offsets
-        if self.tokens is not None:
-            return self.tokens[positions].astype(np.int64)
+        if self._single is not None:
+            return self._single[positions].astype(np.int64)
         # Several files: find each position's file, then one gather per file the batch touches.
         which = np.searchsorted(self._starts, positions, side="right") - 1
         out = np.empty(positions.shape, dtype=np.int64)
