@@ -71,11 +71,14 @@ def test_shards_hold_at_most_shard_size_tokens_and_load_as_one_stream(tmp_path, 
         b.tokens  # noqa: B018
 
 
-def test_one_document_tail_rule_works_across_shards(tmp_path, tok):
+@pytest.mark.parametrize("hashed_into", ["train", "val"])
+def test_one_document_tail_rule_works_across_shards(tmp_path, tok, hashed_into):
+    name = next(f"doc{i}.txt" for i in range(100)
+                if is_validation_doc(f"doc{i}.txt", 0, 0.3) == (hashed_into == "val"))
     doc = " ".join(nasty_docs(random.Random(3), 30))
-    (tmp_path / "one.txt").write_text(doc, encoding="utf-8")
+    (tmp_path / name).write_text(doc, encoding="utf-8")
     stream = tok.encode(doc) + [tok.token_id(SEP)]
-    meta = prepare_corpus([tmp_path / "one.txt"], tok, tmp_path / "out", workers=1, val_fraction=0.3,
+    meta = prepare_corpus([tmp_path / name], tok, tmp_path / "out", workers=1, val_fraction=0.3,
                           shard_size=64, progress=False)
     cut = len(stream) - math.ceil(len(stream) * 0.3)
     assert read_stream(tmp_path / "out", "train") == stream[:cut]
@@ -84,6 +87,28 @@ def test_one_document_tail_rule_works_across_shards(tmp_path, tok):
     on_disk = sorted(p.name for p in (tmp_path / "out").iterdir())
     listed = sorted(f["file"] for s in ("train", "val") for f in meta["splits"][s]["files"])
     assert on_disk == sorted(listed + ["meta.json"])  # no stray temporary or stale shard files
+
+
+def test_windows_cross_uneven_and_empty_files(tmp_path):
+    """Files shorter than a window, and an empty one: windows read straight through them."""
+    out = tmp_path / "d"
+    out.mkdir()
+    stream = np.arange(1000, 1100, dtype=np.uint16)
+    cuts = [0, 3, 3, 40, 41, 100]  # file 1 is empty, file 3 holds one token
+    files = []
+    for k in range(len(cuts) - 1):
+        stream[cuts[k]:cuts[k + 1]].tofile(out / f"t{k}.bin")
+        files.append({"file": f"t{k}.bin", "num_tokens": cuts[k + 1] - cuts[k]})
+    write_meta(out, {"format_version": 2, "dtype": "uint16", "tokenizer_fingerprint": "ab" * 32,
+                     "vocab_size": 2000, "splits": {"train": {"files": files, "num_tokens": 100}}})
+    ds = MemmapTokens(out, "train", 8)
+    assert len(ds) == 99 // 8
+    idx = np.array([0, 4, 11, 5, 0])
+    want = np.stack([stream[i * 8:i * 8 + 9] for i in idx]).astype(np.int64)
+    np.testing.assert_array_equal(ds.windows(idx), want)
+    (out / "t3.bin").write_bytes(b"")
+    with pytest.raises(DataError, match=r"t3\.bin has 0 bytes, but meta\.json says 1 uint16 tokens"):
+        MemmapTokens(out, "train", 8)
 
 
 def test_format_1_single_file_data_still_loads_with_its_fingerprint(tmp_path):
