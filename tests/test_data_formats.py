@@ -135,6 +135,7 @@ def test_a_missing_extra_names_the_file_the_format_and_the_pip_command(tmp_path,
     (tmp_path / "b.txt.zst").write_bytes(zstd_bytes(b"doc"))
     (tmp_path / "c.txt").write_text("doc", encoding="utf-8")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     monkeypatch.setitem(sys.modules, "zstandard", None)
     with pytest.raises(DataError, match=r"a\.parquet: reading Parquet input needs the pyarrow package.*"
                                          r"pip install 'dist_llm\[parquet\]'"):
@@ -146,8 +147,6 @@ def test_a_missing_extra_names_the_file_the_format_and_the_pip_command(tmp_path,
 
 
 def test_parquet_is_read_one_row_group_at_a_time(tmp_path, tok, monkeypatch):
-    from dist_llm.data import formats
-
     docs = nasty_docs(random.Random(4), 60)
     write_parquet(tmp_path / "a.parquet", docs, row_group_size=10)
     groups = []
@@ -157,6 +156,6 @@ def test_parquet_is_read_one_row_group_at_a_time(tmp_path, tok, monkeypatch):
         groups.append(row_groups)
         return real(self, *args, row_groups=row_groups, **kwargs)
 
-    monkeypatch.setattr(formats.importlib.import_module("pyarrow.parquet").ParquetFile, "iter_batches", spy)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     prepare_corpus([tmp_path / "a.parquet"], tok, tmp_path / "o", workers=1, progress=False)
     assert groups == [[g] for g in range(6)]

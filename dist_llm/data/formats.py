@@ -23,18 +23,20 @@ from typing import Any, BinaryIO
 
 from dist_llm.data.errors import DataError
 
-_EXTRAS = {".zst": ("zstandard", "zstd", "zstd-compressed"), ".parquet": ("pyarrow", "parquet", "Parquet")}
+# suffix: (module to import, its package, the dist_llm extra that installs it, the format's name)
+_EXTRAS = {".zst": ("zstandard", "zstandard", "zstd", "zstd-compressed"),
+           ".parquet": ("pyarrow.parquet", "pyarrow", "parquet", "Parquet")}
 _ZSTD_READ = 1 << 16  # compressed bytes fed to the decompressor at a time
 
 
 def _extra(path: Path, suffix: str) -> Any:
     """The optional module that reads `suffix` files, or a DataError saying how to install it."""
-    module, extra, what = _EXTRAS[suffix]
+    module, package, extra, what = _EXTRAS[suffix]
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DataError(f"{path}: reading {what} input needs the {module} package, which is not installed: "
-                        f"pip install 'dist_llm[{extra}]' (or pip install {module})") from None
+        raise DataError(f"{path}: reading {what} input needs the {package} package, which is not installed: "
+                        f"pip install 'dist_llm[{extra}]' (or pip install {package})") from None
 
 
 def check_reader(path: Path) -> None:
@@ -107,7 +109,7 @@ def open_binary(path: Path) -> BinaryIO:
 
 def parquet_batches(path: Path, text_field: str, rows_per_batch: int) -> Iterator[list[Any]]:
     """The values of column `text_field`, row group by row group, in lists of at most rows_per_batch."""
-    pq = _extra(path, ".parquet").parquet
+    pq = _extra(path, ".parquet")
     import pyarrow as pa
 
     try:
