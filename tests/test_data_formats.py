@@ -159,3 +159,20 @@ def test_parquet_is_read_one_row_group_at_a_time(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     prepare_corpus([tmp_path / "a.parquet"], tok, tmp_path / "o", workers=1, progress=False)
     assert groups == [[g] for g in range(6)]
+
+
+def test_cli_in_a_fresh_process_reads_parquet_and_zstd(tmp_path, tok):
+    """A new interpreter has imported neither pyarrow.parquet nor zstandard: prepare must do it."""
+    import subprocess
+
+    docs = nasty_docs(random.Random(6), 9)
+    write_parquet(tmp_path / "a.parquet", docs)
+    (tmp_path / "b.jsonl.zst").write_bytes(zstd_bytes(jsonl_bytes(docs)))
+    tok.save(tmp_path / "tok")
+    args = ["--input", str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl.zst"), "--tokenizer",
+            str(tmp_path / "tok"), "--out", str(tmp_path / "out"), "--workers", "1", "--val-fraction", "0",
+            "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "dist_llm.data.prepare", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert read_stream(tmp_path / "out", "train") == expected_ids(tok, {"a": docs, "b": docs}, 0.0)["train"]
