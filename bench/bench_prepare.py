@@ -8,6 +8,11 @@ text in one thread (the baseline), prepare_corpus with 1 worker, and with --work
 pipeline: chunking, tokenizing, writing train.bin/val.bin/meta.json, pool start-up included).
 The target is a ratio of at least 0.8 for the parallel run.
 
+Two more tables (format_table, worker_scaling; --no-formats / --no-scaling skip them): prepare's
+throughput with 1 worker from Parquet and from zstd-compressed JSONL against the same documents as plain
+text (target: at least 0.8x of plain text), and prepare of plain text with 1, 2 and all cores' workers.
+The documents for those are the input cut at paragraph breaks into pieces of about 4 KB, like web pages.
+
 The parallel run is timed in --rounds rounds, each right after a tiktoken run, and the ratio of each
 such pair is taken: the median of those paired ratios is the headline figure, since load from other
 processes that drifts over the run slows both members of a pair alike.
@@ -22,6 +27,8 @@ stats. Run it a few times and compare medians; note the load average that each r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import tempfile
@@ -70,6 +77,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     parser.add_argument("--rounds", type=int, default=5,
                         help="tiktoken / parallel prepare pairs for the median paired ratio")
+    parser.add_argument("--no-formats", action="store_true", help="skip the Parquet / zstd JSONL table")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 1 / 2 / all-cores table")
     args = parser.parse_args()
 
     from dist_llm.data.prepare import prepare_corpus
@@ -127,6 +136,108 @@ def main() -> None:
     print(f"\nprepare with {args.workers} workers / tiktoken, {args.rounds} paired rounds: median "
           f"{statistics.median(paired):.2f}x (each round: {', '.join(f'{r:.2f}' for r in paired)})")
     print("\n".join(f"  round {i}: {line}" for i, line in enumerate(rounds)))
+    if not args.no_formats:
+        format_table(text, tok, args.repeats)
+    if not args.no_scaling:
+        worker_scaling(text, tok, args.repeats)
+
+
+def web_like_documents(text: str, size: int = 4000) -> list[str]:
+    """The text cut at paragraph breaks into documents of about `size` characters."""
+    docs, current, length = [], [], 0
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        length += len(paragraph) + 2
+        if length >= size:
+            docs.append("\n\n".join(current).strip("\r\n"))
+            current, length = [], 0
+    docs.append("\n\n".join(current).strip("\r\n"))
+    return [d for d in docs if d.strip()]
+
+
+def write_formats(docs: list[str], directory: Path) -> dict[str, Path]:
+    """The same documents as plain text, Parquet (zstd-compressed pages, like FineWeb) and .jsonl.zst."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    paths = {"plain text (.txt)": directory / "docs.txt", "Parquet": directory / "docs.parquet",
+             "zstd JSONL (.jsonl.zst)": directory / "docs.jsonl.zst"}
+    paths["plain text (.txt)"].write_text(SEP.join(docs), encoding="utf-8")
+    pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), paths["Parquet"],
+                   compression="zstd", row_group_size=1000)
+    jsonl = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)).encode()
+    paths["zstd JSONL (.jsonl.zst)"].write_bytes(zstandard.ZstdCompressor(level=3).compress(jsonl))
+    return paths
+
+
+def _best_runs(paths: dict[str, Path], tok, workers: dict[str, int], repeats: int,  # noqa: ANN001
+               out: Path) -> dict[str, tuple[float, dict]]:
+    """{name: (best wall s, its meta)} of prepare_corpus per file, the rows interleaved in each of
+    `repeats` rounds so that load from other processes that drifts over the run hits every row alike."""
+    from dist_llm.data.prepare import prepare_corpus
+    from dist_llm.tokenizer import Tokenizer
+
+    best: dict[str, tuple[float, dict]] = {}
+    for _ in range(repeats):
+        for name, path in paths.items():
+            fresh = Tokenizer(tok.vocab, tok.merges, [SEP])  # a cold pre-token cache, built untimed
+            with contextlib.redirect_stdout(io.StringIO()):  # prepare's summary line would split the table
+                meta, seconds, _ = timed(lambda p=path, t=fresh, n=name: prepare_corpus(
+                    [p], t, out, workers=workers[n], force=True, progress=False))
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, meta)
+    return best
+
+
+def format_table(text: str, tok, repeats: int) -> None:  # noqa: ANN001
+    """Throughput of one prepare worker per input format, against plain text of the same documents."""
+    docs = web_like_documents(text)
+    text_mb = len(SEP.join(docs).encode()) / 1e6
+    print(f"\nprepare throughput per worker by input format ({len(docs):,} documents of ~4 KB, "
+          f"{text_mb:.1f} MB of text, 1 worker, best of {repeats} interleaved rounds; target >= 0.8x plain "
+          "text)\n")
+    print("| input | file MB | wall s | text MB/s | ratio vs plain text | CPU critical path s "
+          "| ratio if each process had a core | tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_formats(docs, Path(tmp))
+        best = _best_runs(paths, tok, dict.fromkeys(paths, 1), repeats, Path(tmp) / "out")
+        base, base_critical = best["plain text (.txt)"][0], _critical_path(best["plain text (.txt)"][1])
+        for name, (seconds, meta) in best.items():
+            critical = _critical_path(meta)
+            tokens = sum(s["num_tokens"] for s in meta["splits"].values())
+            size = paths[name].stat().st_size / 1e6
+            print(f"| {name} | {size:.2f} | {seconds:.2f} | {text_mb / seconds:.2f} | {base / seconds:.2f}x "
+                  f"| {critical:.2f} | {base_critical / critical:.2f}x | {tokens:,} |")
+
+
+def _critical_path(meta: dict) -> float:
+    """The busiest worker's CPU s + the main process's own: the wall time if each process had a core."""
+    build = meta["build"]
+    return max(build["worker_cpu_seconds"]) + build["main_cpu_seconds"]
+
+
+def worker_scaling(text: str, tok, repeats: int) -> None:  # noqa: ANN001
+    """prepare of plain text with 1, 2 and all cores' workers: wall time and speed-up over 1 worker."""
+    cores = os.cpu_count() or 1
+    counts = sorted({1, min(2, cores), cores})
+    mb = len(text.encode()) / 1e6
+    print(f"\nprepare scaling with workers (plain text, {mb:.1f} MB, {cores} CPUs, best of {repeats} "
+          "interleaved rounds)\n")
+    print("| workers | wall s | MB/s | speed-up vs 1 worker | worker CPU s (each) |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "docs.txt"
+        path.write_text(SEP.join(web_like_documents(text)), encoding="utf-8")
+        names = {f"{w}": path for w in counts}
+        best = _best_runs(names, tok, {f"{w}": w for w in counts}, repeats, Path(tmp) / "out")
+        one = best["1"][0]
+        for name, (seconds, meta) in best.items():
+            cpu = ", ".join(f"{c:.1f}" for c in meta["build"]["worker_cpu_seconds"])
+            print(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {one / seconds:.2f}x | {cpu} |")
 
 
 if __name__ == "__main__":

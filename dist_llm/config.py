@@ -66,6 +66,8 @@ class DataSection:
     inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
     val_fraction: float = 0.02
     num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
+    text_field: str = "text"  # the JSONL field / Parquet column holding each document's text
+    skip_bad_records: bool = False  # skip and count bad JSONL lines / Parquet rows instead of stopping
 
 
 @dataclass
@@ -339,6 +341,7 @@ def validate(cfg: RunConfig) -> None:
                  f"bytes + {smallest - 256} special token(s) = {smallest}")
     val_fraction = cfg.data.val_fraction
     _require(0 < val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {val_fraction}")
+    _require(bool(cfg.data.text_field.strip()), "data.text_field", "must name a JSONL field / Parquet column")
     _require(o.min_lr <= o.max_lr, "optim.min_lr", f"({o.min_lr}) must not exceed optim.max_lr ({o.max_lr})")
     _require(o.beta1 < 1 and o.beta2 < 1, "optim.beta1" if o.beta1 >= 1 else "optim.beta2", "must be below 1")
     micro_tokens = t.micro_batch_size * m.context_length

@@ -98,7 +98,8 @@ def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -
            "val_fraction": cfg.data.val_fraction}
     out_dir = Path(cfg.run.cache_dir) / "tokens" / _digest(key)
     prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
-                   val_fraction=cfg.data.val_fraction, separator=SEPARATOR, progress=False)
+                   val_fraction=cfg.data.val_fraction, separator=SEPARATOR, text_field=cfg.data.text_field,
+                   skip_bad_records=cfg.data.skip_bad_records, progress=False)
     return out_dir
 
 

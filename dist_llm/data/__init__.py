@@ -2,9 +2,12 @@
 
     python -m dist_llm.data.prepare --input PATH [PATH ...] --tokenizer DIR --out DIR [--workers N]
 
-Modules, one idea each: sources (finding and chunking inputs), prepare (parallel tokenization to
-token files + meta.json), builtin_corpus (the stdlib-docs corpus), memmap_tokens (windows over a
-token file), sampler (the global resumable sample order), loader (ShardedBatchLoader, get_batch).
+Modules, one idea each: sources (finding and chunking inputs), formats (gzip, zstd and Parquet
+reading), prepare (parallel tokenization to token files + meta.json), shards (a split's stream as
+files of at most --shard-size tokens), parts (--part I/N preparation on many machines, and merge),
+cache (whether a prepared directory is up to date), meta (the meta.json format), builtin_corpus (the
+stdlib-docs corpus), memmap_tokens (windows over a split's token files), sampler (the global
+resumable sample order), loader (ShardedBatchLoader, get_batch).
 
 Importing this package is cheap: names are resolved on first use, so neither numpy nor torch is
 imported until a data class or function is actually needed.
@@ -19,6 +22,7 @@ _EXPORTS = {
     "DataError": "dist_llm.data.sources",
     "resolve_inputs": "dist_llm.data.sources",
     "prepare_corpus": "dist_llm.data.prepare",
+    "merge_parts": "dist_llm.data.parts",
     "builtin_corpus_path": "dist_llm.data.builtin_corpus",
     "MemmapTokens": "dist_llm.data.memmap_tokens",
     "read_meta": "dist_llm.data.meta",

@@ -1,11 +1,13 @@
 """Tokenize corpora into flat token files that any number of ranks can memory-map.
 
     python -m dist_llm.data.prepare --input PATH [PATH ...] --tokenizer DIR --out DIR [--workers N]
+    python -m dist_llm.data.prepare ... --part I/N; python -m dist_llm.data.prepare merge DIR...  (parts.py)
 
-Output in DIR: `train.bin` and `val.bin` (raw little-endian uint16 when the vocabulary has at most
-65536 tokens, uint32 otherwise) and `meta.json` (see README, section Data). Layout of a token file:
+Output in DIR: each split's token stream as `train.bin` and `val.bin` (raw little-endian uint16 when
+the vocabulary has at most 65536 tokens, uint32 otherwise), continued in `train.00001.bin`, ... past
+--shard-size tokens (shards.py), and `meta.json` listing the files (meta.py). Layout of the stream:
 each document's tokens followed by the separator id: `doc0 <sep> doc1 <sep> ...`, so a model learns
-to end a document and every token file ends with a separator. A document goes to `val` when a hash of
+to end a document and every split ends with a separator. A document goes to `val` when a hash of
 its file name and its index in that file falls below `val_fraction`: whole documents, the same choice
 on every run and every machine, and independent of the number of workers or the chunk size. When that
 leaves a split empty (a corpus of one document, or very few), `val` is instead the last `val_fraction`
@@ -42,14 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from dist_llm.atomic_io import fsync_path
-from dist_llm.data.meta import FORMAT_VERSION, META_NAME, read_meta, token_dtype, write_meta
-from dist_llm.data.sources import DataError, iter_chunks, resolve_inputs, split_chunk
-from dist_llm.file_hash import file_sha256
+from dist_llm.data.cache import SPLITS, cached_meta, describe_inputs
+from dist_llm.data.formats import check_reader
+from dist_llm.data.meta import FORMAT_VERSION, META_NAME, PART_META_NAME, token_dtype, write_meta
+from dist_llm.data.parts import inputs_digest, merge_main, parse_part, part_files
+from dist_llm.data.shards import ShardWriter, default_shard_size
+from dist_llm.data.sources import DEFAULT_TEXT_FIELD, DataError, iter_chunks, resolve_inputs, split_chunk
 from dist_llm.tokenizer.progress import progress_bar
 
 DEFAULT_CHUNK_SIZE = 1 << 18  # small enough to balance 2+ workers on a few-MB corpus
-SPLITS = ("train", "val")
 
 
 def is_validation_doc(file_name: str, doc_index: int, val_fraction: float) -> bool:
@@ -69,6 +72,7 @@ class ChunkTokens:
     train_docs: int
     val_docs: int
     num_bytes: int
+    bad_records: list[str]  # messages of the records skipped (--skip-bad-records)
     worker: int  # process id of the worker that tokenized the chunk
     cpu_seconds: float  # its CPU time for this chunk: with wall time, shows whether workers got a core
 
@@ -78,10 +82,11 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer: Any, separator: str, val_fraction: float, replace_invalid_utf8: bool,
-                 dtype: str) -> None:
+                 dtype: str, text_field: str, skip_bad_records: bool) -> None:
     # The tokenizer arrives pickled with its lookup tables built: cheaper than constructing it again.
     _worker.update(tokenizer=tokenizer, separator=separator, sep_id=tokenizer.token_id(separator),
-                   val_fraction=val_fraction, replace=replace_invalid_utf8, dtype=np.dtype(dtype))
+                   val_fraction=val_fraction, replace=replace_invalid_utf8, dtype=np.dtype(dtype),
+                   text_field=text_field, skip=skip_bad_records)
 
 
 def _encode_chunk(chunk: Any) -> ChunkTokens:
@@ -90,15 +95,20 @@ def _encode_chunk(chunk: Any) -> ChunkTokens:
     name = os.path.basename(chunk.path)
     ids: dict[str, list[int]] = {"train": [], "val": []}
     docs = {"train": 0, "val": 0}
-    for doc_index, piece, ends in split_chunk(chunk, _worker["separator"], _worker["replace"]):
+    bad: list[str] | None = [] if _worker["skip"] else None
+    num_bytes = len(chunk.data)
+    for doc_index, piece, ends in split_chunk(chunk, _worker["separator"], _worker["replace"],
+                                              _worker["text_field"], bad):
         split = "val" if is_validation_doc(name, doc_index, _worker["val_fraction"]) else "train"
         ids[split].extend(encode(piece))
+        if chunk.records is not None:
+            num_bytes += len(piece.encode("utf-8"))
         if ends:
             ids[split].append(sep_id)
             docs[split] += 1
     dtype = _worker["dtype"]
     return ChunkTokens(np.array(ids["train"], dtype=dtype), np.array(ids["val"], dtype=dtype),
-                       docs["train"], docs["val"], len(chunk.data), os.getpid(),
+                       docs["train"], docs["val"], num_bytes, bad or [], os.getpid(),
                        time.process_time() - cpu_start)
 
 
@@ -134,7 +144,7 @@ def _ordered_results(pool: Any, chunks: Iterator[Any], max_in_flight: int,
     """Results of _encode_chunk in input order, with at most max_in_flight chunks held at once."""
     def note(chunk: Any, in_flight: int) -> Any:
         stats["chunks"] += 1
-        stats["max_chunk_bytes"] = max(stats["max_chunk_bytes"], len(chunk.data))
+        stats["max_chunk_bytes"] = max(stats["max_chunk_bytes"], chunk.size)
         stats["max_in_flight"] = max(stats["max_in_flight"], in_flight)
         return chunk
 
@@ -151,61 +161,6 @@ def _ordered_results(pool: Any, chunks: Iterator[Any], max_in_flight: int,
         yield pending.popleft().get()
 
 
-def describe_inputs(files: list[Path], previous: list[dict] | None = None) -> list[dict]:
-    """Path, size, mtime and sha256 of each input; a previous hash is reused when size and mtime match."""
-    known = {d["path"]: d for d in previous or []}
-    described = []
-    for path in files:
-        st = path.stat()
-        entry = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        old = known.get(entry["path"])
-        if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
-            entry["sha256"] = old["sha256"]
-        else:
-            entry["sha256"] = file_sha256(path)
-        described.append(entry)
-    return described
-
-
-def _same_inputs(a: list[dict], b: list[dict]) -> bool:
-    """A touched file with the same content is unchanged; mtimes are only a shortcut for hashing."""
-    def key(described: list[dict]) -> list[tuple]:
-        return [(d["path"], d["size"], d["sha256"]) for d in described]
-
-    return key(a) == key(b)
-
-
-def _cached_meta(out_dir: Path, files: list[Path], fingerprint: str, options: dict) -> dict | None:
-    """The existing meta.json when it describes exactly this preparation and its files are intact."""
-    if not (out_dir / META_NAME).exists():
-        return None
-    try:
-        meta = read_meta(out_dir)
-    except DataError:
-        return None
-    if (meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer_fingerprint") != fingerprint
-            or meta.get("options") != options):
-        return None
-    try:
-        for split in SPLITS:
-            info = meta["splits"][split]
-            expected = info["num_tokens"] * np.dtype(meta["dtype"]).itemsize
-            path = out_dir / info["file"]
-            if not path.exists() or path.stat().st_size != expected:
-                return None
-        if options["val_fraction"] > 0 and meta["splits"]["val"]["num_tokens"] == 0:
-            return None  # built before the last-tokens rule (_cut_validation_tail), which fills val
-    except (KeyError, TypeError, ValueError):  # a meta.json edited by hand: rebuild rather than trust it
-        return None
-    current = describe_inputs(files, meta.get("inputs"))
-    return meta if _same_inputs(current, meta.get("inputs", [])) else None
-
-
-def _fsync_and_replace(tmp: Path, final: Path) -> None:
-    fsync_path(tmp)
-    os.replace(tmp, final)
-
-
 def prepare_corpus(
     inputs: list[str | Path],
     tokenizer: Any,
@@ -216,10 +171,18 @@ def prepare_corpus(
     separator: str = "<|endoftext|>",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     replace_invalid_utf8: bool = False,
+    text_field: str = DEFAULT_TEXT_FIELD,
+    skip_bad_records: bool = False,
+    shard_size: int | None = None,
+    part: tuple[int, int] | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Tokenize `inputs` into out_dir/{train,val}.bin + meta.json and return the meta (see module doc)."""
+    """Tokenize `inputs` into out_dir's token files + meta.json and return the meta (see module doc).
+
+    shard_size: tokens per file at most (default: 1 GiB files). part=(I, N): prepare only the I-th of N
+    parts of the inputs, into out_dir with a part.json, for `merge` (see parts.py).
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if separator not in tokenizer.special_tokens:
@@ -229,56 +192,79 @@ def prepare_corpus(
     workers = max(1, os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
+    if not text_field:
+        raise DataError("text_field must name a JSONL field / Parquet column, got an empty string")
     out_dir = Path(out_dir)
     files = resolve_inputs(inputs)
+    part_info, meta_name = None, META_NAME
+    if part is not None:
+        index, count = part
+        part_info = {"index": index, "count": count, "inputs_digest": inputs_digest(files)}
+        files, meta_name = part_files(files, index, count), PART_META_NAME
+    for path in files:
+        check_reader(path)  # a missing optional package fails now, not after hours of work
     dtype = token_dtype(tokenizer.vocab_size)
+    shard_size = default_shard_size(dtype) if shard_size is None else shard_size
+    if shard_size < 1:
+        raise DataError(f"shard_size must be at least 1 token, got {shard_size}")
     options = {"separator": separator, "val_fraction": val_fraction,
                "replace_invalid_utf8": replace_invalid_utf8, "dtype": dtype.name}
+    # Recorded only when not the default, so that data (and content fingerprints) prepared before these
+    # options existed still match. shard_size is not an option: it cuts the same stream differently.
+    if text_field != DEFAULT_TEXT_FIELD:
+        options["text_field"] = text_field
+    if skip_bad_records:
+        options["skip_bad_records"] = True
     if not force:
-        cached = _cached_meta(out_dir, files, tokenizer.fingerprint, options)
+        cached = cached_meta(out_dir, files, tokenizer.fingerprint, options, meta_name, part_info)
         if cached is not None:
-            print(f"{out_dir} is up to date (inputs, tokenizer and options match {META_NAME}); nothing to do")
+            print(f"{out_dir} is up to date (inputs, tokenizer and options match {meta_name}); nothing to do")
             return cached
 
     described = describe_inputs(files)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / META_NAME).unlink(missing_ok=True)  # from here on the directory does not look prepared
-    tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
-    init_args = (tokenizer, separator, val_fraction, replace_invalid_utf8, dtype.name)
+    for name in (META_NAME, PART_META_NAME):  # from here on the directory does not look prepared
+        (out_dir / name).unlink(missing_ok=True)
+    init_args = (tokenizer, separator, val_fraction, replace_invalid_utf8, dtype.name, text_field,
+                 skip_bad_records)
     # in meta's build stats: "spawn" where "fork" was expected means a thread was running (see _start_method)
     start_method = _start_method() if workers > 1 else "none"
     stats = {"chunks": 0, "max_chunk_bytes": 0, "max_in_flight": 0, "start_method": start_method}
     worker_cpu: dict[int, float] = collections.defaultdict(float)
     cpu_started = time.process_time()
     totals = {"train_tokens": 0, "val_tokens": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
+    bad_records: list[str] = []
+    num_bad = 0
     started = time.perf_counter()
+    writers = {s: ShardWriter(out_dir, s, shard_size, dtype) for s in SPLITS}
     try:
-        chunks = (c for path in files for c in iter_chunks(path, chunk_size, separator))
+        chunks = (c for path in files for c in iter_chunks(path, chunk_size, separator, text_field))
         with _worker_pool(workers, init_args, start_method) as pool, \
-                open(tmp["train"], "wb") as f_train, open(tmp["val"], "wb") as f_val, \
                 _progress_bar(sum(d["size"] for d in described), files, progress) as bar:
             for result in _ordered_results(pool, chunks, 2 * workers, stats):
-                result.train.tofile(f_train)
-                result.val.tofile(f_val)
+                writers["train"].write(result.train)
+                writers["val"].write(result.val)
                 totals["train_tokens"] += result.train.size
                 totals["val_tokens"] += result.val.size
                 totals["train_docs"] += result.train_docs
                 totals["val_docs"] += result.val_docs
                 totals["bytes"] += result.num_bytes
+                num_bad += len(result.bad_records)
+                bad_records.extend(result.bad_records[:max(0, 5 - len(bad_records))])
                 worker_cpu[result.worker] += result.cpu_seconds
                 _on_chunk_written(totals)
                 bar.update(result.num_bytes)
-        if totals["train_docs"] + totals["val_docs"] == 0:
+        if totals["train_docs"] + totals["val_docs"] == 0 and part is None:
             raise DataError(f"empty corpus: no documents in {', '.join(str(f) for f in files)}")
         val_split = "documents"
-        if val_fraction > 0 and (totals["train_docs"] == 0 or totals["val_docs"] == 0):
-            _cut_validation_tail(tmp, totals, val_fraction, dtype, tokenizer.token_id(separator))
+        # A part cannot know whether the whole corpus leaves a split empty: merge checks (parts.py).
+        if val_fraction > 0 and (totals["train_docs"] == 0 or totals["val_docs"] == 0) and part is None:
+            _cut_validation_tail(writers, totals, val_fraction, tokenizer.token_id(separator))
             val_split = "last tokens"
-        for split in SPLITS:
-            _fsync_and_replace(tmp[split], out_dir / f"{split}.bin")
+        split_files = {s: writers[s].commit() for s in SPLITS}
     finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
+        for writer in writers.values():
+            writer.discard()
     seconds = time.perf_counter() - started
     # Tokenizing CPU time per worker, and the main process's own CPU time besides tokenizing (chunking,
     # hashing, writing, the pool's transfers): a wall time well above max(worker) + main means the
@@ -298,38 +284,41 @@ def prepare_corpus(
         "separator_id": tokenizer.token_id(separator),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_fingerprint": tokenizer.fingerprint,
-        "splits": {s: {"file": f"{s}.bin", "num_tokens": totals[f"{s}_tokens"],
+        "splits": {s: {"files": split_files[s], "num_tokens": totals[f"{s}_tokens"],
                        "num_documents": totals[f"{s}_docs"]} for s in SPLITS},
         "val_split": val_split,
         "num_input_bytes": totals["bytes"],
         "bytes_per_token": totals["bytes"] / max(num_tokens, 1),
         "options": options,
         "inputs": described,
-        "build": {**stats, "chunk_size": chunk_size, "workers": workers, **timing},
+        "bad_records": num_bad,
+        "build": {**stats, "chunk_size": chunk_size, "shard_size": shard_size, "workers": workers, **timing},
     }
-    write_meta(out_dir, meta)
+    if part_info is not None:
+        meta["part"] = part_info
+    write_meta(out_dir, meta, meta_name)
     _print_summary(meta, out_dir, seconds)
+    if num_bad:
+        print(f"skipped {num_bad:,} bad records (--skip-bad-records); the first: {'; '.join(bad_records)}",
+              file=sys.stderr)
     return meta
 
 
-def _cut_validation_tail(tmp: dict[str, Path], totals: dict[str, int], val_fraction: float,
-                         dtype: np.dtype, sep_id: int) -> None:
+def _cut_validation_tail(writers: dict[str, ShardWriter], totals: dict[str, int], val_fraction: float,
+                         sep_id: int) -> None:
     """Whole documents left one split empty: make `val` the last val_fraction of all the tokens instead
     (at least one token), cut from the end of the token stream in input order. A document counts in the
     split that holds its separator, so the one cut in two counts in `val`."""
     if totals["train_docs"] == 0:  # everything went to val: it is the whole stream, in input order
-        os.replace(tmp["val"], tmp["train"])
-        tmp["val"].write_bytes(b"")
+        writers["train"].take_over(writers["val"])
     num_tokens = totals["train_tokens"] + totals["val_tokens"]
     num_docs = totals["train_docs"] + totals["val_docs"]
     cut = num_tokens - max(1, math.ceil(num_tokens * val_fraction))
     val_docs = 0
-    with open(tmp["train"], "r+b") as src, open(tmp["val"], "wb") as dst:
-        src.seek(cut * dtype.itemsize)
-        while (block := np.fromfile(src, dtype=dtype, count=1 << 20)).size:  # bounded memory
-            block.tofile(dst)
-            val_docs += int(np.count_nonzero(block == sep_id))
-        src.truncate(cut * dtype.itemsize)
+    for block in writers["train"].read_tail(num_tokens - cut):  # bounded memory
+        writers["val"].write(block)
+        val_docs += int(np.count_nonzero(block == sep_id))
+    writers["train"].truncate(cut)
     totals.update(train_tokens=cut, val_tokens=num_tokens - cut, train_docs=num_docs - val_docs,
                   val_docs=val_docs)
 
@@ -339,8 +328,8 @@ def _on_chunk_written(totals: dict[str, int]) -> None:
 
 
 def _progress_bar(total_bytes: int, files: list[Path], enabled: bool) -> Any:
-    # Sizes of .gz inputs are compressed sizes while progress counts decompressed bytes: no total then.
-    total = None if any(f.name.lower().endswith(".gz") for f in files) else total_bytes
+    # Sizes of compressed inputs are not text sizes, while progress counts text bytes: no total then.
+    total = None if any(f.name.lower().endswith((".gz", ".zst", ".parquet")) for f in files) else total_bytes
     return progress_bar(enabled, total=total, unit="B", unit_scale=True, unit_divisor=1000,
                         desc="tokenizing", file=sys.stderr)
 
@@ -361,10 +350,15 @@ def _print_summary(meta: dict, out_dir: Path, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m dist_llm.data.prepare",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     epilog="python -m dist_llm.data.prepare merge DIR... joins --part runs")
     parser.add_argument("--input", nargs="+", required=True,
-                        help=".txt/.jsonl(.gz) files, directories or globs")
+                        help=".txt, .jsonl, .json.gz, .parquet files (text/JSONL also .gz or .zst), "
+                             "directories or globs")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (or its json file)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
@@ -372,17 +366,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separator", default="<|endoftext|>")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per work unit")
     parser.add_argument("--replace-invalid-utf8", action="store_true", help="substitute U+FFFD for bad bytes")
+    parser.add_argument("--text-field", default=DEFAULT_TEXT_FIELD,
+                        help="the JSONL field / Parquet column holding the text (default: text)")
+    parser.add_argument("--skip-bad-records", action="store_true",
+                        help="skip and count bad JSONL lines / Parquet rows instead of stopping")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="tokens per token file at most (default: 1 GiB files)")
+    parser.add_argument("--part", default=None, metavar="I/N",
+                        help="prepare only part I (from 0) of N of the inputs, for merge")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from dist_llm.tokenizer import Tokenizer
 
     try:
+        part = parse_part(args.part) if args.part else None
         tokenizer = Tokenizer.load(args.tokenizer)
         prepare_corpus(args.input, tokenizer, args.out, workers=args.workers, val_fraction=args.val_fraction,
                        separator=args.separator, chunk_size=args.chunk_size,
-                       replace_invalid_utf8=args.replace_invalid_utf8, force=args.force,
-                       progress=not args.no_progress)
+                       replace_invalid_utf8=args.replace_invalid_utf8, text_field=args.text_field,
+                       skip_bad_records=args.skip_bad_records, shard_size=args.shard_size, part=part,
+                       force=args.force, progress=not args.no_progress)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

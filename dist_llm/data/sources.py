@@ -1,8 +1,15 @@
 """Finding corpus files, cutting them into chunks, and splitting chunks into documents.
 
-Inputs are `.txt` (documents separated by a separator such as `<|endoftext|>`) and `.jsonl` (one JSON
-object per line with a string `text` field), each optionally gzip-compressed (`.txt.gz`, `.jsonl.gz`),
-given as files, directories (searched recursively) or glob patterns.
+Inputs, given as files, directories (searched recursively) or glob patterns:
+- `.txt`: documents separated by a separator such as `<|endoftext|>`;
+- `.jsonl`: one JSON object per line whose string field `text` (or the field `text_field` names) is the
+  document; `.json.gz` / `.json.zst` are JSONL too (Dolma names its files so);
+- `.parquet`: one document per row, from the string column `text` (or `text_field`);
+- each text/JSONL format also gzip- or zstd-compressed (`.txt.gz`, `.jsonl.zst`, ...): see formats.py.
+
+Bad records (a JSONL line that is not JSON, lacks the field or holds a non-string; a Parquet null) stop
+the preparation with an error naming the file and line / row, unless the caller collects them instead
+(split_chunk's `bad` list, --skip-bad-records); then they are skipped and counted.
 
 What a document is in a `.txt` file: the text between two separators (or the start/end of the file),
 without one line break ("\\n" or "\\r\\n") directly after the preceding separator and one directly before
@@ -28,16 +35,18 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
+from dist_llm.data.errors import DataError
+from dist_llm.data.formats import open_binary, parquet_batches
 
-class DataError(ValueError):
-    """Bad corpus input or prepared data; the message names the file and what to do."""
+__all__ = ["DataError", "Chunk", "input_kind", "resolve_inputs", "iter_chunks", "split_chunk", "open_binary"]
 
-
-TEXT_SUFFIXES = (".txt", ".txt.gz")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
+PARQUET_SUFFIXES = (".parquet",)
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+DEFAULT_TEXT_FIELD = "text"
 
 # Printable ASCII without space: characters that can never be part of a whitespace pre-token.
 _SAFE_BYTES = frozenset(range(0x21, 0x7F))
@@ -45,12 +54,14 @@ _NEWLINE = 0x0A
 
 
 def input_kind(path: Path) -> str:
-    """'txt' or 'jsonl' from the file name; DataError for anything else."""
+    """'txt', 'jsonl' or 'parquet' from the file name; DataError for anything else."""
     name = path.name.lower()
     if name.endswith(TEXT_SUFFIXES):
         return "txt"
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
     raise DataError(f"{path}: unsupported input type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
@@ -99,23 +110,15 @@ def resolve_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """The file's (decompressed) bytes as a stream."""
-    try:
-        if path.name.lower().endswith(".gz"):
-            return gzip.open(path, "rb")  # type: ignore[return-value]
-        return open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read input ({e.strerror or e})") from e
-
-
 @dataclass(frozen=True)
 class Chunk:
     """A byte range of one input file, cut on a document (or safe line) boundary, with its bytes.
 
     start_kind / end_kind say what lies at each end: "file" (start/end of the file), "sep" (right after
     a separator) or "mid" (a safe line break inside a document). first_doc is the index, within the
-    file, of the document (txt: the separator-delimited segment; jsonl: the line) the chunk starts in.
+    file, of the document (txt: the separator-delimited segment; jsonl: the line; parquet: the row) the
+    chunk starts in. A Parquet chunk holds the column's values in `records` (data is empty, start is its
+    first row); each value is one document.
     """
 
     path: str
@@ -125,6 +128,14 @@ class Chunk:
     first_doc: int
     start_kind: str
     end_kind: str
+    records: tuple[Any, ...] | None = None
+
+    @property
+    def size(self) -> int:
+        """About how many bytes of text the chunk holds (characters for Parquet: no encoding needed)."""
+        if self.records is None:
+            return len(self.data)
+        return sum(len(r) for r in self.records if isinstance(r, str))
 
 
 def _is_safe_line_cut(buf: bytes, p: int, sep: bytes) -> bool:
@@ -155,11 +166,31 @@ def _last_jsonl_cut(buf: bytes, limit: int) -> tuple[int, str] | None:
     return (nl + 1, "sep") if nl >= 0 else None
 
 
-def iter_chunks(path: Path, chunk_size: int, separator: str) -> Iterator[Chunk]:
+def _parquet_chunks(path: Path, chunk_size: int, text_field: str) -> Iterator[Chunk]:
+    """Runs of consecutive rows holding about chunk_size characters of text."""
+    rows: list[Any] = []
+    size = row = 0
+    for values in parquet_batches(path, text_field, rows_per_batch=1024):
+        for value in values:
+            rows.append(value)
+            size += len(value) if isinstance(value, str) else 0
+            if size >= chunk_size:
+                yield Chunk(str(path), "parquet", row, b"", row, "sep", "sep", tuple(rows))
+                row += len(rows)
+                rows, size = [], 0
+    if rows:
+        yield Chunk(str(path), "parquet", row, b"", row, "sep", "file", tuple(rows))
+
+
+def iter_chunks(path: Path, chunk_size: int, separator: str,
+                text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[Chunk]:
     """Cut one file into chunks of about chunk_size bytes; memory stays O(chunk_size)."""
     if chunk_size < 64:
         raise DataError(f"chunk_size must be at least 64 bytes, got {chunk_size}")
     kind = input_kind(path)
+    if kind == "parquet":
+        yield from _parquet_chunks(path, chunk_size, text_field)
+        return
     sep = separator.encode("utf-8")
     block = max(chunk_size, 1 << 16)
     with open_binary(path) as f:
@@ -203,7 +234,8 @@ def decode_chunk(chunk: Chunk, replace_invalid_utf8: bool) -> str:
     try:
         return chunk.data.decode("utf-8", errors="replace" if replace_invalid_utf8 else "strict")
     except UnicodeDecodeError as e:
-        where = "in the decompressed stream" if chunk.path.lower().endswith(".gz") else "in the file"
+        compressed = chunk.path.lower().endswith((".gz", ".zst"))
+        where = "in the decompressed stream" if compressed else "in the file"
         line = ""
         if chunk.kind == "jsonl":  # a .jsonl chunk starts at a line: its JSON errors give file:line too
             newlines = chunk.data.count(b"\n", 0, e.start)
@@ -224,15 +256,22 @@ def _strip_one_newline_end(s: str) -> str:
     return s[:-2] if s.endswith("\r\n") else s[:-1] if s.endswith("\n") else s
 
 
-def split_chunk(chunk: Chunk, separator: str,
-                replace_invalid_utf8: bool = False) -> Iterator[tuple[int, str, bool]]:
-    """(document index, text piece, whether the document ends with this piece) for each piece."""
+def split_chunk(chunk: Chunk, separator: str, replace_invalid_utf8: bool = False,
+                text_field: str = DEFAULT_TEXT_FIELD,
+                bad: list[str] | None = None) -> Iterator[tuple[int, str, bool]]:
+    """(document index, text piece, whether the document ends with this piece) for each piece.
+
+    A bad record raises DataError, or, when a `bad` list is given, is skipped with its message appended.
+    """
+    if chunk.records is not None:
+        yield from _split_records(chunk, text_field, bad)
+        return
     text = decode_chunk(chunk, replace_invalid_utf8)
     if chunk.start == 0:
         # A byte-order mark (Windows editors write one) marks the encoding; it is not the text's.
         text = text.removeprefix("\ufeff")
     if chunk.kind == "jsonl":
-        yield from _split_jsonl(chunk, text)
+        yield from _split_jsonl(chunk, text, text_field, bad)
         return
     segments = text.split(separator)
     last = len(segments) - 1
@@ -250,7 +289,23 @@ def split_chunk(chunk: Chunk, separator: str,
         yield chunk.first_doc + j, piece, ends
 
 
-def _split_jsonl(chunk: Chunk, text: str) -> Iterator[tuple[int, str, bool]]:
+def _bad_record(message: str, bad: list[str] | None) -> None:
+    if bad is None:
+        raise DataError(message + "; or skip such records with --skip-bad-records (data.skip_bad_records)")
+    bad.append(message)
+
+
+def _split_records(chunk: Chunk, text_field: str, bad: list[str] | None) -> Iterator[tuple[int, str, bool]]:
+    for j, doc in enumerate(chunk.records or ()):
+        if not isinstance(doc, str):
+            _bad_record(f"{chunk.path}: row {chunk.first_doc + j} (counting from 0): column {text_field!r} "
+                        f"is {'null' if doc is None else type(doc).__name__}, expected a string", bad)
+        elif doc.strip():
+            yield chunk.first_doc + j, doc, True
+
+
+def _split_jsonl(chunk: Chunk, text: str, text_field: str,
+                 bad: list[str] | None) -> Iterator[tuple[int, str, bool]]:
     lines = text.split("\n")
     if chunk.end_kind == "sep" or lines[-1] == "":
         lines.pop()
@@ -261,11 +316,14 @@ def _split_jsonl(chunk: Chunk, text: str) -> Iterator[tuple[int, str, bool]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict) or "text" not in record:
-            raise DataError(f'{where}: expected a JSON object with a "text" field, got {line[:80]!r}')
-        doc = record["text"]
+            _bad_record(f"{where}: invalid JSON ({e.msg} at column {e.colno})", bad)
+            continue
+        if not isinstance(record, dict) or text_field not in record:
+            got = line[:80]
+            _bad_record(f'{where}: expected a JSON object with a "{text_field}" field, got {got!r}', bad)
+            continue
+        doc = record[text_field]
         if not isinstance(doc, str):
-            raise DataError(f'{where}: "text" must be a string, got {type(doc).__name__}')
-        if doc.strip():
+            _bad_record(f'{where}: "{text_field}" must be a string, got {type(doc).__name__}', bad)
+        elif doc.strip():
             yield chunk.first_doc + j, doc, True
