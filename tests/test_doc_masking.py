@@ -141,7 +141,7 @@ def test_all_paths_give_the_same_logits_and_gradients(monkeypatch):
         if path == "flex" and DEVICE.type == "cpu":
             continue  # forward only, see the module docstring
         for name, grad in grads.items():
-            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=f"{path} {name}")
+            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=5e-6, msg=f"{path} {name}")
 
 
 def test_flex_path_builds_one_block_mask_and_takes_leading_dims(monkeypatch):
