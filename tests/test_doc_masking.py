@@ -247,3 +247,21 @@ def test_torch_compile_with_doc_ids_matches_eager():
     torch.testing.assert_close(out, model(x, doc_ids=doc_ids), rtol=1e-4, atol=1e-4)
     cross_entropy(out, torch.roll(x, -1, dims=-1)).backward()
     assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
+
+
+@pytest.mark.slow
+def test_compiled_flex_path_builds_a_mask_per_batch_without_recompiling(monkeypatch):
+    """The exact path a GPU takes (create_block_mask and flex_attention compiled, a new mask closure per
+    batch), run here on DEVICE: forward equals the boolean mask, and a second batch with other document
+    boundaries reuses the compiled code (a recompile per batch would cost seconds per training step)."""
+    monkeypatch.setattr(document_mask, "FLEX_COMPILED_ON", (DEVICE.type,))
+    flex = _model("flex", monkeypatch=monkeypatch, num_layers=1)
+    reference = _model("reference", num_layers=1)
+    with torch.no_grad():
+        for seed in (0, 1):
+            x = _packed_windows(seed)
+            x[:, torch.randperm(32, generator=torch.Generator().manual_seed(seed))[:3]] = SEP
+            doc_ids = document_ids(x, SEP)
+            out = flex(x, doc_ids=doc_ids)
+            torch.testing.assert_close(out, reference(x, doc_ids=doc_ids), rtol=1e-5, atol=1e-5)
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)

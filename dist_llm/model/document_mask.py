@@ -16,7 +16,7 @@ Two forms of the same mask:
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +27,9 @@ FLEX_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 # Device types on which flex_attention and create_block_mask are torch.compile'd: uncompiled, flex
 # materialises the whole score matrix (correct, slow), which is all a test on a CPU needs.
 FLEX_COMPILED_ON: tuple[str, ...] = ("cuda",)
+# FlexAttention arrived in torch 2.5; with an older torch every device takes the boolean mask.
+HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+_compiled: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -50,25 +53,27 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(-3)
 
 
-@functools.cache
-def _flex_functions(compiled: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """(create_block_mask, flex_attention), compiled once per process when asked."""
+def _flex_functions(device_type: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(create_block_mask, flex_attention): compiled once per process on FLEX_COMPILED_ON devices; plain
+    inside a model that is compiled whole (train.compile), whose graph compiles them with the rest."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    if compiled:
-        return torch.compile(create_block_mask), torch.compile(flex_attention)
-    return create_block_mask, flex_attention
+    if device_type not in FLEX_COMPILED_ON or torch.compiler.is_compiling():
+        return create_block_mask, flex_attention
+    if "fns" not in _compiled:
+        _compiled["fns"] = (torch.compile(create_block_mask), torch.compile(flex_attention))
+    return _compiled["fns"]
 
 
 def uses_flex(device: torch.device, attn_impl: str) -> bool:
     """Whether the fused path (attn_impl="sdpa") on this device masks documents with FlexAttention."""
-    return attn_impl == "sdpa" and device.type in FLEX_DEVICE_TYPES
+    return HAS_FLEX and attn_impl == "sdpa" and device.type in FLEX_DEVICE_TYPES
 
 
 def document_block_mask(doc_ids: torch.Tensor) -> Any:
     """A FlexAttention BlockMask for (B, T) doc_ids (leading dims flattened into one batch dim)."""
     flat = doc_ids.reshape(-1, doc_ids.shape[-1])
-    create_block_mask, _ = _flex_functions(doc_ids.device.type in FLEX_COMPILED_ON)
+    create_block_mask, _ = _flex_functions(doc_ids.device.type)
 
     def same_document_causal(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex's mask_mod signature
         return (kv_idx <= q_idx) & (flat[b, q_idx] == flat[b, kv_idx])
@@ -81,7 +86,7 @@ def document_block_mask(doc_ids: torch.Tensor) -> Any:
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v under a BlockMask; q, k, v (..., heads, T, d), leading dims as the
     doc_ids the mask was built from."""
-    _, flex_attention = _flex_functions(q.device.type in FLEX_COMPILED_ON)
+    _, flex_attention = _flex_functions(q.device.type)
     lead = q.shape[:-3]
     out = flex_attention(*(t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)), block_mask=block_mask)
     return out.reshape(*lead, *out.shape[-3:])
