@@ -19,6 +19,7 @@ tied to the embedding, which isolates the cost of the untied head; the target is
     python bench/bench_model.py                                     # CPU default: tiny + tinystories, fp32
     python bench/bench_model.py --config gpt2-small --dtype bf16 --compile   # on a GPU
     python bench/bench_model.py --fused-ops off                     # our from-scratch reference layers
+    python bench/bench_model.py --config tiny --with-doc-masking    # + model.doc_masking's step cost
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: s
 from nanogpt_style import NanoGPTStyleLM  # noqa: E402
 from peak_flops import datasheet_peak, measured_matmul_peak, sync  # noqa: E402
 
+from dist_llm.data.documents import document_ids  # noqa: E402
 from dist_llm.devices import resolve_device  # noqa: E402
 from dist_llm.losses import fused_cross_entropy  # noqa: E402
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
@@ -134,7 +136,11 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         unpadded.logits_row_multiple = 1
         runners.append(Runner("dist_llm, head not padded (info)", unpadded, training_loss, args, device,
                               dtype))  # fmt: skip
+    if args.with_doc_masking:  # information only: attention within documents (model.doc_masking)
+        runners.append(doc_masking_runner(cfg, args, device, dtype))
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
+    if args.with_doc_masking:
+        data = with_separators(data, args.doc_length or cfg.context_length // 4)
     x, y = data[:, :-1], data[:, 1:]
     for runner in runners:  # warmup (includes compilation)
         for _ in range(args.warmup):
@@ -162,6 +168,38 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
         rows[0]["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.empty_cache()
     return rows
+
+
+DOC_SEPARATOR = 0  # the token id that ends a document in the --with-doc-masking batch
+
+
+def doc_masking_runner(cfg: ModelConfig, args, device: torch.device, dtype: torch.dtype) -> Runner:
+    """Our model with model.doc_masking, as the trainer runs it: document ids computed from each batch's
+    tokens, then the block-diagonal causal mask (FlexAttention on CUDA, a boolean mask through SDPA on a
+    CPU). Same initial weights as the unmasked model, so the two differ only in the mask."""
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(dataclasses.replace(cfg, doc_masking=True), device=device)
+    runner = Runner("dist_llm, doc masking (info)", model, training_loss, args, device, dtype)
+    forward_loss = lambda x, y: training_loss(model(x, doc_ids=document_ids(x, DOC_SEPARATOR)), y)
+    runner.forward_loss = torch.compile(forward_loss) if args.compile else forward_loss
+    return runner
+
+
+def with_separators(data: torch.Tensor, mean_length: int) -> torch.Tensor:
+    """data with DOC_SEPARATOR at random positions, one per mean_length tokens on average (a fixed
+    seed): documents of geometric lengths packed across the windows, as in prepared token files."""
+    gen = torch.Generator().manual_seed(0)
+    ends = torch.rand(data.shape, generator=gen) < 1 / max(1, mean_length)
+    return data.masked_fill(ends.to(data.device), DOC_SEPARATOR)
+
+
+def print_doc_masking_cost(runs: list[list[dict]]) -> None:
+    """The step-time cost of doc masking: the masked model against ours unmasked, in the same rounds."""
+    for run in runs:
+        plain, masked = run[0], next(r for r in run if r["model"].startswith("dist_llm, doc masking"))
+        print(f"{plain['config']}: tokens/s with doc masking / without = "
+              f"{masked['tok_s'] / plain['tok_s']:.2f}x best round, "
+              f"{masked['tok_s_median'] / plain['tok_s_median']:.2f}x median round")
 
 
 def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> int:
@@ -208,6 +246,11 @@ def main() -> None:
     parser.add_argument("--with-unpadded-head", action="store_true",
                         help="also time our model without the head's row padding on CUDA (information "
                              "only; see TransformerLM.logits_row_multiple)")
+    parser.add_argument("--with-doc-masking", action="store_true",
+                        help="also time our model with model.doc_masking (attention within documents) on a "
+                             "batch of packed documents, and print its cost against ours unmasked")
+    parser.add_argument("--doc-length", type=int, default=None,
+                        help="mean document length in tokens for --with-doc-masking (default: context/4)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per model")
@@ -267,6 +310,8 @@ def main() -> None:
             best, median = info["tok_s"] / base["tok_s"], info["tok_s_median"] / base["tok_s_median"]
             print(f"{ours['config']}: ({info['model']}) / baseline = {best:.2f}x best round, "
                   f"{median:.2f}x median round")
+    if args.with_doc_masking:
+        print_doc_masking_cost(runs)
     if on_gpu:
         print(f"peak GPU memory: {max(r.get('peak_mem_gb', 0) for r in rows):.1f} GiB")
 

@@ -51,6 +51,8 @@ class ModelSection:
     norm_eps: float = 1e-5
     attn_impl: str = "sdpa"
     fused_ops: bool = True  # torch's fused RMSNorm/SiLU/embedding/RoPE kernels; False = from-scratch layers
+    doc_masking: bool = False  # attend only within each document of a packed window (<|endoftext|> ends one)
+    doc_positions: bool = False  # with doc_masking: RoPE positions restart at each document
 
 
 @dataclass
@@ -317,6 +319,8 @@ def validate(cfg: RunConfig) -> None:
     _require((m.d_model // m.num_heads) % 2 == 0, "model.num_heads",
              f"gives an odd head size {m.d_model // m.num_heads}; RoPE rotates pairs, so it must be even")
     _check_choice(cfg, "model.attn_impl", ("sdpa", "reference"))
+    _require(m.doc_masking or not m.doc_positions, "model.doc_positions",
+             "= true needs model.doc_masking = true")
     _check_choice(cfg, "optim.impl", ("torch", "dist_llm"))
     _check_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
     _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))

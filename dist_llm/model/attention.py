@@ -1,17 +1,20 @@
 """Causal multi-head self-attention: a from-scratch reference path and a fused SDPA fast path.
 
 Both paths share everything except the line that computes softmax(q k^T / sqrt(d_k)) v, so a test can
-hold them equal. A KVCache lets generation feed one new token at a time.
+hold them equal. A KVCache lets generation feed one new token at a time. A document mask (see
+document_mask.py) replaces the plain causal one in a packed training window.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dist_llm.model.document_mask import flex_attend
 from dist_llm.model.layers import Linear, softmax
 from dist_llm.model.rope import RotaryPositionalEmbedding
 
@@ -126,8 +129,12 @@ class MultiHeadSelfAttention(nn.Module):
         token_positions: torch.Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         cache_start: int = 0,
+        attn_mask: torch.Tensor | Any = None,
     ) -> torch.Tensor:
-        """x: (..., T, d_model). With kv_cache, x holds the T new tokens at positions cache_start.."""
+        """x: (..., T, d_model). With kv_cache, x holds the T new tokens at positions cache_start..
+
+        attn_mask (no kv_cache): document_mask.document_mask's boolean (..., 1, T, T) tensor or
+        FlexAttention BlockMask, in place of the causal mask."""
         seq_len = x.shape[-2]
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.rope is not None:
@@ -138,8 +145,16 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = self.rope(q, token_positions), self.rope(k, token_positions)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, cache_start)
-        out = self._attend(q, k, v)
+        out = self._attend(q, k, v) if attn_mask is None else self._attend_masked(q, k, v, attn_mask)
         return self.output_proj(out.transpose(-2, -3).flatten(-2))
+
+    def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mask: torch.Tensor | Any) -> torch.Tensor:
+        if not isinstance(mask, torch.Tensor):  # a BlockMask: built only for attn_impl="sdpa"
+            return flex_attend(q, k, v, mask)
+        if self.attn_impl == "reference":
+            return scaled_dot_product_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n_queries, n_keys = q.shape[-2], k.shape[-2]

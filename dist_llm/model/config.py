@@ -13,6 +13,11 @@ from typing import Any
 ATTN_IMPLS = ("sdpa", "reference")
 # Keys that choose how the model is computed, not what it computes: the same weights fit either way.
 IMPLEMENTATION_KEYS = ("attn_impl", "fused_ops")
+# Keys that choose how the model is trained, not what its weights are: the same weights load and run
+# either way. doc_masking only limits which tokens of a packed window attend to each other. doc_positions
+# restarts RoPE positions at each document; RoPE scores depend only on the difference of two positions,
+# and under doc_masking only tokens of one document meet, so that difference is the same either way.
+TRAINING_KEYS = ("doc_masking", "doc_positions")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,11 @@ class ModelConfig:
     # hand-derived backward, F.silu, a complex multiply), the same math in fewer passes over memory;
     # False: the from-scratch formulas in layers.py / rope.py.
     fused_ops: bool = True
+    # True: training windows attend only within each document (forward's doc_ids, dist_llm/data/documents.py).
+    # The model itself applies the mask whenever doc_ids is given; this key tells the trainer to give it.
+    doc_masking: bool = False
+    # True: with doc_ids, RoPE positions restart at 0 at each document's first token (needs doc_masking).
+    doc_positions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
@@ -50,8 +60,12 @@ class ModelConfig:
                 f"ModelConfig.d_model / num_heads = {self.head_dim} must be even: RoPE rotates pairs of "
                 f"dimensions (d_model={self.d_model}, num_heads={self.num_heads})"
             )
-        if not isinstance(self.fused_ops, bool):
-            raise ValueError(f"ModelConfig.fused_ops must be true or false, got {self.fused_ops!r}")
+        for name in ("fused_ops", "doc_masking", "doc_positions"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.doc_positions and not self.doc_masking:
+            raise ValueError("ModelConfig.doc_positions = true needs doc_masking = true: positions that "
+                             "restart per document only make sense when documents do not see each other")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(
                 f"ModelConfig.attn_impl must be one of {list(ATTN_IMPLS)}, got {self.attn_impl!r}"
@@ -82,9 +96,9 @@ class ModelConfig:
 def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, a's value, b's value) for every key where two ModelConfig dicts describe different models.
 
-    IMPLEMENTATION_KEYS are not compared. A key absent from one side counts as its ModelConfig default:
-    a config saved before that key existed was made with the behaviour the default keeps. A key absent
-    without a default shows as '<absent>'.
+    IMPLEMENTATION_KEYS and TRAINING_KEYS are not compared. A key absent from one side counts as its
+    ModelConfig default: a config saved before that key existed was made with the behaviour the default
+    keeps. A key absent without a default shows as '<absent>'.
     """
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)
                 if f.default is not dataclasses.MISSING}
@@ -92,5 +106,5 @@ def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple
     def value(d: dict[str, Any], key: str) -> Any:
         return d[key] if key in d else defaults.get(key, "<absent>")
 
-    keys = sorted((set(a) | set(b)) - set(IMPLEMENTATION_KEYS))
+    keys = sorted((set(a) | set(b)) - set(IMPLEMENTATION_KEYS) - set(TRAINING_KEYS))
     return [(k, value(a, k), value(b, k)) for k in keys if value(a, k) != value(b, k)]

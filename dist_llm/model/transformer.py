@@ -6,11 +6,14 @@ fused embedding/RMSNorm/SiLU/RoPE or the from-scratch formulas. Defaults are the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from dist_llm.model.attention import KVCache, LayerKVCache, MultiHeadSelfAttention
 from dist_llm.model.config import ModelConfig
+from dist_llm.model.document_mask import document_mask, document_positions
 from dist_llm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
 
 
@@ -43,8 +46,10 @@ class TransformerBlock(nn.Module):
         token_positions: torch.Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         cache_start: int = 0,
+        attn_mask: torch.Tensor | Any = None,
     ) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x), token_positions, kv_cache=kv_cache, cache_start=cache_start)
+        h = x + self.attn(self.ln1(x), token_positions, kv_cache=kv_cache, cache_start=cache_start,
+                          attn_mask=attn_mask)
         return h + self.ffn(self.ln2(h))
 
 
@@ -72,6 +77,8 @@ class TransformerLM(nn.Module):
         norm_eps: float = 1e-5,
         attn_impl: str = "sdpa",
         fused_ops: bool = True,
+        doc_masking: bool = False,
+        doc_positions: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -79,7 +86,7 @@ class TransformerLM(nn.Module):
         cfg = ModelConfig(
             vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=num_layers,
             num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta, norm_eps=norm_eps, attn_impl=attn_impl,
-            fused_ops=fused_ops,
+            fused_ops=fused_ops, doc_masking=doc_masking, doc_positions=doc_positions,
         )  # fmt: skip
         self.config = cfg
         self.token_embeddings = Embedding(vocab_size, d_model, fused=fused_ops, device=device, dtype=dtype)
@@ -100,11 +107,16 @@ class TransformerLM(nn.Module):
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.num_layers, self.config.context_length)
 
-    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None, *,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """token_ids (..., T) -> logits (..., T, vocab_size).
 
         With kv_cache, token_ids are the next T tokens after the kv_cache.length cached ones; the cache
         is advanced by T.
+
+        doc_ids (..., T), integers, one contiguous run per document (dist_llm.data.documents): each token
+        attends only to earlier tokens of its own document, and with config.doc_positions its RoPE
+        position counts from its document's first token. Not with kv_cache (generation is one document).
         """
         start = 0 if kv_cache is None else kv_cache.length
         seq_len = token_ids.shape[-1]
@@ -114,10 +126,11 @@ class TransformerLM(nn.Module):
                 + (f" ({start} cached + {seq_len} new)" if kv_cache is not None else "")
             )
         self._check_token_ids(token_ids)
+        positions, mask = self._document_inputs(token_ids, kv_cache, doc_ids)
         x = self.token_embeddings(token_ids)
         for i, layer in enumerate(self.layers):
             if kv_cache is None:
-                x = layer(x)
+                x = layer(x, positions, attn_mask=mask)
             else:
                 x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
         if kv_cache is not None:
@@ -125,6 +138,19 @@ class TransformerLM(nn.Module):
         # Not while decoding with a cache: for a row or two of logits per step the padded copy of the
         # whole weight would cost more than the aligned GEMM saves.
         return self._vocab_logits(self.ln_final(x), may_pad=kv_cache is None)
+
+    def _document_inputs(self, token_ids: torch.Tensor, kv_cache: KVCache | None,
+                         doc_ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | Any]:
+        """(token positions or None, attention mask or None) for forward's doc_ids; checks its shape."""
+        if doc_ids is None:
+            return None, None
+        if kv_cache is not None:
+            raise ValueError("doc_ids cannot be combined with a kv_cache: generation runs one document")
+        if doc_ids.shape != token_ids.shape or doc_ids.is_floating_point() or doc_ids.is_complex():
+            raise ValueError(f"doc_ids must be an integer tensor shaped like token_ids "
+                             f"{tuple(token_ids.shape)}, got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+        positions = document_positions(doc_ids) if self.config.doc_positions else None
+        return positions, document_mask(doc_ids, self.config.attn_impl)
 
     def _vocab_logits(self, h: torch.Tensor, may_pad: bool = True) -> torch.Tensor:
         weight = self.lm_head.weight
