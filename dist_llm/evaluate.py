@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data import DataError, MemmapTokens
+from dist_llm.data.documents import document_ids
 from dist_llm.model import TransformerLM
 from dist_llm.pretrained import PretrainedError, load_pretrained
 from dist_llm.tokenizer import Tokenizer
@@ -49,8 +50,12 @@ def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> torch.Tensor:
 def window_loss_sums(
     model: torch.nn.Module, dataset: MemmapTokens, indices: np.ndarray, byte_lengths: torch.Tensor, *,
     batch_size: int, device: torch.device, autocast: AbstractContextManager, progress: bool = False,
+    separator: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Sums over the windows `indices` of `dataset`: {'loss_sum' (nats), 'tokens', 'bytes', 'windows'}.
+
+    separator: for a model trained with model.doc_masking, the document separator's id: attention then
+    stays inside each document, as in training.
 
     The one evaluation loop: the trainer's periodic validation and this module's CLI both call it.
     The model runs in eval mode under `autocast`; the loss is taken in float32. Its mode is restored.
@@ -68,7 +73,7 @@ def window_loss_sums(
         windows = torch.from_numpy(dataset.windows(indices[start : start + batch_size])).to(device)
         x, y = windows[:, :-1], windows[:, 1:]
         with autocast:
-            logits = model(x)
+            logits = model(x, doc_ids=document_ids(x, separator)) if separator is not None else model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
         loss_sum += loss.item()
         tokens += y.numel()

@@ -18,6 +18,7 @@ if __name__ == "__main__":
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.checkpoint import CheckpointError, model_state_for_saving
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
+from dist_llm.data.documents import document_ids
 from dist_llm.distributed import DistContext, DistributedError, distributed_context
 from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
@@ -182,8 +184,9 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         scaler = precision.grad_scaler(cfg.train.precision, device)
         loader = ShardedBatchLoader(train_data, plan.micro_batch_size, ctx.rank, ctx.world_size,
                                     seed=cfg.run.seed, device=device)
+        separator = _document_separator(cfg, train_data)
         val_windows = ValidationWindows(val_data, cfg.eval.num_windows, ctx.rank, ctx.world_size, tokenizer,
-                                        cfg.model.vocab_size)
+                                        cfg.model.vocab_size, separator)
         non_embedding = model.num_params(include_embeddings=False)
         say(f"model: {model.num_params():,} parameters ({non_embedding:,} without embeddings), "
             f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token")
@@ -265,7 +268,9 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             lr = lr_at(step, cfg.optim, plan.decay_steps)
             set_lr(optimizer, lr)
             epoch_before = loader.epoch
-            step_loss = forward_backward(par, loader.next_batch, loss_fn, plan.accum_steps, autocast, scaler)
+            step_loss = forward_backward(par, loader.next_batch, loss_fn, plan.accum_steps, autocast, scaler,
+                                         doc_ids=None if separator is None else
+                                         functools.partial(document_ids, separator_id=separator))
             scaler.unscale_(optimizer)
             grad_norm = par.clip_grad_norm_(max_norm)  # the global norm, whatever the strategy
             # One device->host read per step (both scalars at once): needed to stop on a non-finite loss.
@@ -342,6 +347,18 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             say(outputs.write_loss_plot(run_dir))
         distributed.barrier()
         return {"step": step, "finished": finished, "stopped_by": stop_reason, **last_eval}
+
+
+def _document_separator(cfg: RunConfig, train_data: Any) -> int | None:
+    """With model.doc_masking, the token that ends a document in the prepared data (else None)."""
+    if not cfg.model.doc_masking:
+        return None
+    from dist_llm.data.documents import separator_id
+
+    try:
+        return separator_id(train_data.meta)
+    except ValueError as e:
+        raise ConfigError(f"'model.doc_masking': {train_data.data_dir}: {e}") from None
 
 
 def _memory_plan(model_cfg: Any, par_cfg: Parallelism, strategy: str, world_size: int, micro_batch: int,

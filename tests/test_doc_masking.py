@@ -265,3 +265,21 @@ def test_compiled_flex_path_builds_a_mask_per_batch_without_recompiling(monkeypa
             out = flex(x, doc_ids=doc_ids)
             torch.testing.assert_close(out, reference(x, doc_ids=doc_ids), rtol=1e-5, atol=1e-5)
             monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+
+
+def test_trainer_masks_documents_in_training_and_validation(tiny_data, tmp_path):
+    """model.doc_masking reaches the training step and validation: the same run with and without it
+    logs different losses (the tiny corpus packs several documents per window), both learn."""
+    from trainer_runs import read_jsonl, tiny_train_args, train_losses
+
+    from dist_llm.train import main
+
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    assert main(tiny_train_args(tiny_data, plain)) == 0
+    masking = ("--model.doc_masking=true", "--model.doc_positions=true")
+    assert main(tiny_train_args(tiny_data, masked, *masking)) == 0
+    assert train_losses(masked)[1] != train_losses(plain)[1]
+    val = {run: [r["val_loss"] for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r]
+           for run in (plain, masked)}
+    assert val[masked][0] != val[plain][0]  # step 0: same weights, only the mask differs
+    assert val[masked][-1] < val[masked][0]

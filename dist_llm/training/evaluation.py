@@ -21,13 +21,14 @@ from dist_llm.tokenizer import Tokenizer
 
 class ValidationWindows:
     def __init__(self, dataset, num_windows: int, rank: int, world_size: int, tokenizer: Tokenizer,
-                 vocab_size: int) -> None:
+                 vocab_size: int, separator: int | None = None) -> None:
         count = min(num_windows, len(dataset))
         chosen = np.unique(np.linspace(0, len(dataset) - 1, num=count).round().astype(np.int64))
         self.dataset = dataset
         self.indices = chosen[rank::world_size]
         self.total_windows = len(chosen)
         self.byte_lengths = token_byte_lengths(tokenizer, vocab_size)
+        self.separator = separator  # model.doc_masking: attention within documents, as in training
         # The most windows any rank has: under fsdp/hsdp every forward pass gathers parameters from all
         # ranks, so every rank must run as many batches as the busiest one.
         self.most_per_rank = -(-len(chosen) // world_size)
@@ -38,7 +39,7 @@ class ValidationWindows:
 
         lockstep: every rank runs the same number of forward passes (needed under fsdp/hsdp)."""
         sums = window_loss_sums(model, self.dataset, self.indices, self.byte_lengths, batch_size=batch_size,
-                                device=device, autocast=autocast)
+                                device=device, autocast=autocast, separator=self.separator)
         if lockstep:
             self._idle_batches(model, batch_size, device, autocast)
         loss_sum, tokens, num_bytes = distributed.all_reduce_sum([sums["loss_sum"], sums["tokens"],

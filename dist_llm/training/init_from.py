@@ -3,7 +3,8 @@
 The source is anything dist_llm.pretrained loads: a run directory, a checkpoint directory, or the output
 of `python -m dist_llm.export import-hf`. Only the weights come over; the optimizer, the LR schedule and
 the data position start fresh. The run's `model` section must describe the same model (the keys that
-may differ are `attn_impl` and `fused_ops`, implementation choices that do not change the weights),
+may differ are `attn_impl` and `fused_ops`, implementation choices that do not change the weights, and
+`doc_masking` and `doc_positions`, training choices),
 and the run must tokenize with the source's tokenizer: with `tokenizer.path` empty it is taken from the
 source, otherwise it must be the same tokenizer. A resume that finds a checkpoint takes precedence: that
 checkpoint already holds weights that started from the source.
