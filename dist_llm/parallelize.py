@@ -187,10 +187,13 @@ class ParallelModel:
 
 
 def parallelize(build: Callable[[], nn.Module], par: Parallelism, world_size: int,
-                device: torch.device) -> ParallelModel:
+                device: torch.device, *, shard_one_rank: bool = False) -> ParallelModel:
     """Build the model (on the meta device), apply activation checkpointing, compile and the strategy,
-    then materialize it on `device`. Seed the global RNG before: the initial weights come from it."""
-    strategy = effective_strategy(par.strategy, world_size)
+    then materialize it on `device`. Seed the global RNG before: the initial weights come from it.
+
+    shard_one_rank: apply fsdp even to a single process (a 1-rank process group must exist), which
+    only a benchmark of fsdp's own overhead wants."""
+    strategy = par.strategy if shard_one_rank else effective_strategy(par.strategy, world_size)
     with torch.device("meta"):
         model = build()
     blocks = model.layers
