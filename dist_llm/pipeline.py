@@ -96,7 +96,7 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
                 "special_tokens": cfg.tokenizer.special_tokens,
                 "train_max_bytes": cfg.tokenizer.train_max_bytes}
     weights = [s.weight for s in cfg.data.sources]
-    if groups is not None:
+    if groups is not None and cfg.tokenizer.train_max_bytes > 0:  # the sample depends on the weights
         settings["sources"] = [[len(g), w] for g, w in zip(groups, weights, strict=True)]
     out_dir = Path(cfg.run.cache_dir) / "tokenizers" / _digest(settings)
     if (out_dir / "dist_llm_tokenizer.json").is_file():

@@ -81,3 +81,19 @@ def test_bad_source_in_a_file_names_the_file(tmp_path):
     path.write_text('[data]\nsources = ["web.txt"]\n')
     with pytest.raises(ConfigError, match=r"'data.sources' expects a list of tables"):
         load_config(path)
+
+
+def test_tokenizer_sample_takes_each_source_by_weight(tmp_path):
+    """With tokenizer.train_max_bytes, a 3:1 mixture's BPE sample is 3/4 the first source's text."""
+    from dist_llm.pipeline import _mixture_sample
+
+    big = tmp_path / "big.txt"
+    big.write_text("aaaa aaaa\n" * 1000)
+    small = [tmp_path / "s1.txt", tmp_path / "s2.txt"]
+    for path in small:
+        path.write_text("bbbb bbbb\n" * 1000)
+    sample = _mixture_sample([[big], small], [3.0, 1.0], 2000, tmp_path)
+    sizes = [p.stat().st_size for p in sample]
+    assert [p.name for p in sample] == ["training_sample_0.txt", "training_sample_1.txt"]
+    assert sizes == [1500, 500] and set(sample[1].read_text().split()) == {"bbbb"}
+    assert _mixture_sample([[big], small], [3.0, 1.0], 0, tmp_path) == [big, *small]  # no limit: all
