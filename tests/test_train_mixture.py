@@ -112,7 +112,8 @@ def test_resume_refuses_changed_weights(mix_data, straight_run, tmp_path, capsys
     changed = mix_data["sources"].replace("weight = 3", "weight = 2")
     assert main(mix_args({**mix_data, "sources": changed}, run_dir, "--resume=auto",
                          "--train.max_steps=9")) == 1
-    assert "the training data differs" in capsys.readouterr().err
+    assert "the training data differs from the data the run was trained on (data.sources a x3, b x1, " \
+        "data.on_exhausted repeat)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
