@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -64,12 +66,24 @@ class TokenizerSection:
 
 
 @dataclass
+class SourceSection:
+    """One `[[data.sources]]` table of a weighted mixture."""
+
+    name: str = ""  # names the source in metrics (val_loss/<name>): letters, digits, '_', '-', '.'
+    inputs: list[str] = field(default_factory=list)  # files, directories or globs
+    weight: float = 1.0  # share of the training windows: weight / sum of all weights
+    val_fraction: float = 0.0  # 0 = data.val_fraction
+
+
+@dataclass
 class DataSection:
     inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
     val_fraction: float = 0.02
     num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
     text_field: str = "text"  # the JSONL field / Parquet column holding each document's text
     skip_bad_records: bool = False  # skip and count bad JSONL lines / Parquet rows instead of stopping
+    sources: list[SourceSection] = field(default_factory=list)  # a weighted mixture (instead of inputs)
+    on_exhausted: str = "repeat"  # a mixture source that runs out: repeat (a new, reshuffled epoch) | stop
 
 
 @dataclass
@@ -199,13 +213,26 @@ def _field_type(key: str) -> tuple[Any, type]:
                           f"--{section}.{example}=... (python -m dist_llm.train --help lists them)")
     if section not in sections or not name:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    if key.startswith(("data.sources.", "data.sources[")):
+        raise ConfigError(f"'{key}': a source's keys cannot be set one by one; give the whole list, "
+                          "--data.sources='[{name = \"web\", inputs = [\"web/\"], weight = 3}, ...]' (TOML "
+                          "inline tables or JSON), or put [[data.sources]] tables in the --config file")
     hints = typing.get_type_hints(sections[section])
     if name not in hints:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
     return sections[section], hints[name]
 
 
+def _table_type(typ: Any) -> type | None:
+    """The dataclass of an array of tables (list[SourceSection] -> SourceSection), else None."""
+    if typing.get_origin(typ) is list and dataclasses.is_dataclass(typing.get_args(typ)[0]):
+        return typing.get_args(typ)[0]
+    return None
+
+
 def _type_name(typ: Any) -> str:
+    if _table_type(typ) is not None:
+        return "a list of tables"
     if typing.get_origin(typ) is list:
         return "a list of strings"
     return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}[typ]
@@ -223,6 +250,10 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         value = float(value) if ok else value
     elif typ is str:
         ok = isinstance(value, str)
+    elif _table_type(typ) is not None:
+        ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        value = [_table(_table_type(typ), v, f"{key}[{i}]", source) for i, v in enumerate(value)] if ok \
+            else value
     elif typing.get_origin(typ) is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         value = list(value) if ok else value
@@ -231,8 +262,37 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
     return value
 
 
+def _table(cls: type, values: dict[str, Any], key: str, source: str) -> Any:
+    """One table of an array of tables (e.g. a [[data.sources]] entry), its keys checked and typed."""
+    hints = typing.get_type_hints(cls)
+    out = cls()
+    for name, value in values.items():
+        if name not in hints:
+            close = difflib.get_close_matches(name, list(hints), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (its keys: {', '.join(hints)})"
+            raise ConfigError(f"{source}: unknown key '{key}.{name}'{hint}")
+        setattr(out, name, _coerce(value, hints[name], f"{key}.{name}", source))
+    return out
+
+
+def _parse_tables(text: str, key: str) -> Any:
+    """An array of tables on the command line: TOML inline tables or JSON."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"command line: '{key}' expects a list of tables, as TOML inline tables "
+                f"(--{key}='[{{name = \"web\", inputs = [\"web/\"], weight = 3}}, ...]') or JSON; got "
+                f"{text!r}. Or put [[{key}]] tables in the --config file") from None
+
+
 def _parse_cli_value(text: str, typ: Any, key: str) -> Any:
     """Turn a command-line string into the field's type."""
+    if _table_type(typ) is not None:
+        return _parse_tables(text, key)
     try:
         if typ is bool:
             lowered = text.lower()
@@ -327,6 +387,7 @@ def validate(cfg: RunConfig) -> None:
     _check_choice(cfg, "dist.strategy", ("ddp", "fsdp", "hsdp"))
     _check_choice(cfg, "train.activation_checkpointing", ("none", "full", "selective"))
     _check_choice(cfg, "checkpoint.format", ("auto", "full", "sharded"))
+    _check_choice(cfg, "data.on_exhausted", ("repeat", "stop"))
     _check_bounds(cfg, "train.ac_every", 1)
     _check_bounds(cfg, "dist.shard_group_size", 0)
     sharded = cfg.dist.strategy in ("fsdp", "hsdp")
@@ -346,6 +407,7 @@ def validate(cfg: RunConfig) -> None:
     val_fraction = cfg.data.val_fraction
     _require(0 < val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {val_fraction}")
     _require(bool(cfg.data.text_field.strip()), "data.text_field", "must name a JSONL field / Parquet column")
+    _validate_sources(cfg.data)
     _require(o.min_lr <= o.max_lr, "optim.min_lr", f"({o.min_lr}) must not exceed optim.max_lr ({o.max_lr})")
     _require(o.beta1 < 1 and o.beta2 < 1, "optim.beta1" if o.beta1 >= 1 else "optim.beta2", "must be below 1")
     micro_tokens = t.micro_batch_size * m.context_length
@@ -361,6 +423,34 @@ def validate(cfg: RunConfig) -> None:
     if known:  # with num_epochs alone the length is only known once the data is prepared
         _require(o.warmup_steps < min(known), "optim.warmup_steps",
                  f"({o.warmup_steps}) must be shorter than the run or optim.decay_steps ({min(known)} steps)")
+
+
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _validate_sources(data: DataSection) -> None:
+    """[[data.sources]]: named, distinct, with inputs and a positive weight; not together with inputs."""
+    if not data.sources:
+        return
+    _require(not data.inputs, "data.sources",
+             f"and data.inputs are both set; data.inputs is the one-source short form: list its files "
+             f"{data.inputs} as the inputs of a [[data.sources]] table instead")
+    seen: set[str] = set()
+    for i, source in enumerate(data.sources):
+        key = f"data.sources[{i}]"
+        _require(SOURCE_NAME.fullmatch(source.name) is not None, f"{key}.name",
+                 f"must be letters, digits, '_', '-' or '.' (it names metrics: val_loss/<name>); "
+                 f"got {source.name!r}")
+        _require(source.name not in seen, f"{key}.name", f"{source.name!r} is already the name of another "
+                                                          "source; source names must be distinct")
+        seen.add(source.name)
+        _require(bool(source.inputs), f"{key}.inputs", f"(source {source.name!r}) must list at least one "
+                                                       "file, directory or glob")
+        _require(0 < source.weight < float("inf"), f"{key}.weight",
+                 f"(source {source.name!r}) must be a positive number, got {source.weight}")
+        _require(0 <= source.val_fraction < 1, f"{key}.val_fraction",
+                 f"(source {source.name!r}) must be in (0, 1), or 0 for data.val_fraction; "
+                 f"got {source.val_fraction}")
 
 
 USAGE = """usage: python -m dist_llm.train [--config FILE.toml] [--resume auto|PATH] [--SECTION.KEY=VALUE ...]

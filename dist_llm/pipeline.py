@@ -5,6 +5,13 @@ then every rank opens the same files. Caches live under `run.cache_dir`:
     tokenizers/<key>/dist_llm_tokenizer.json   key: the inputs (path, size, mtime) + tokenizer settings
     tokens/<key>/{train,val}.bin, meta.json     key: the inputs + tokenizer fingerprint + val_fraction
 so changing the corpus or a tokenizer setting builds new ones and leaves the old ones valid.
+
+A mixture (`[[data.sources]]`) prepares each source into its own token directory, keyed as above by that
+source's inputs and val_fraction, so a source shared by several mixtures is prepared once. Its one
+tokenizer is trained on all sources: with tokenizer.train_max_bytes set, each source gives a share of that
+budget in proportion to its weight, so the vocabulary fits the text the model will mostly see (as a
+sample of the training mix, which is how OLMo and Llama build theirs), and a large but lightly weighted
+source cannot crowd out the others; with no limit, on all of every source.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
@@ -65,8 +73,20 @@ def _training_sample(files: list[Path], max_bytes: int, out: Path) -> list[Path]
     return [out]
 
 
-def build_tokenizer(cfg: RunConfig, files: list[Path]) -> Path:
-    """Path of the tokenizer json: the configured one, or a cached one trained on `files`."""
+def _mixture_sample(groups: list[list[Path]], weights: list[float], max_bytes: int,
+                    out_dir: Path) -> list[Path]:
+    """Each source's share (by weight) of a max_bytes BPE training sample; all files when max_bytes is 0."""
+    if max_bytes <= 0:
+        return [p for files in groups for p in files]
+    total = sum(weights)
+    return [p for i, (files, w) in enumerate(zip(groups, weights, strict=True))
+            for p in _training_sample(files, max(1, int(max_bytes * w / total)),
+                                      out_dir / f"training_sample_{i}.txt")]
+
+
+def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] | None = None) -> Path:
+    """Path of the tokenizer json: the configured one, or a cached one trained on `files`; a mixture
+    passes its sources' files as `groups` (and all of them as `files`), sampled by weight."""
     if cfg.tokenizer.path:
         path = Path(cfg.tokenizer.path)
         if not path.exists():
@@ -75,30 +95,38 @@ def build_tokenizer(cfg: RunConfig, files: list[Path]) -> Path:
     settings = {"inputs": _inputs_key(files), "vocab_size": cfg.model.vocab_size,
                 "special_tokens": cfg.tokenizer.special_tokens,
                 "train_max_bytes": cfg.tokenizer.train_max_bytes}
+    weights = [s.weight for s in cfg.data.sources]
+    if groups is not None and cfg.tokenizer.train_max_bytes > 0:  # the sample depends on the weights
+        settings["sources"] = [[len(g), w] for g, w in zip(groups, weights, strict=True)]
     out_dir = Path(cfg.run.cache_dir) / "tokenizers" / _digest(settings)
     if (out_dir / "dist_llm_tokenizer.json").is_file():
         print(f"tokenizer: reusing {out_dir}")
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
+    if groups is None:
+        sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
+    else:
+        sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir)
     print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
     workers = cfg.tokenizer.num_workers or None
     vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
                               cfg.tokenizer.special_tokens, num_workers=workers)
     Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
-    (out_dir / "training_sample.txt").unlink(missing_ok=True)
+    for leftover in out_dir.glob("training_sample*.txt"):
+        leftover.unlink(missing_ok=True)
     atomic_write_json(out_dir / "settings.json", settings)
     return out_dir
 
 
-def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -> Path:
+def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer,
+                      val_fraction: float | None = None) -> Path:
     from dist_llm.data.prepare import prepare_corpus
 
-    key = {"inputs": _inputs_key(files), "tokenizer": tokenizer.fingerprint,
-           "val_fraction": cfg.data.val_fraction}
+    val_fraction = val_fraction or cfg.data.val_fraction
+    key = {"inputs": _inputs_key(files), "tokenizer": tokenizer.fingerprint, "val_fraction": val_fraction}
     out_dir = Path(cfg.run.cache_dir) / "tokens" / _digest(key)
     prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
-                   val_fraction=cfg.data.val_fraction, separator=SEPARATOR, text_field=cfg.data.text_field,
+                   val_fraction=val_fraction, separator=SEPARATOR, text_field=cfg.data.text_field,
                    skip_bad_records=cfg.data.skip_bad_records, progress=False)
     return out_dir
 
@@ -115,23 +143,73 @@ def _pause_if_requested() -> None:
         time.sleep(seconds)
 
 
+def source_files(cfg: RunConfig) -> list[list[Path]]:
+    """The files of each [[data.sources]] table (files, directories and globs expanded)."""
+    from dist_llm.data.sources import DataError, resolve_inputs
+
+    groups = []
+    for i, source in enumerate(cfg.data.sources):
+        try:
+            groups.append(resolve_inputs(source.inputs))
+        except DataError as e:
+            raise ConfigError(f"'data.sources[{i}].inputs' (source {source.name!r}): {e}") from None
+    return groups
+
+
 def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
-    """(tokenizer, token-file directory), built by rank 0 while the other ranks wait for its paths (or
-    its error: a failure there stops every rank with the message, not at a barrier's timeout)."""
+    """(tokenizer, token-file directory) of the one-source form (data.inputs); see prepare_sources."""
+    if cfg.data.sources:
+        raise ConfigError("'data.sources' is a mixture: prepare it with dist_llm.pipeline.prepare_sources")
+    tokenizer, dirs = prepare_sources(cfg)
+    return tokenizer, dirs[""]
+
+
+def prepare_sources(cfg: RunConfig) -> tuple[Tokenizer, dict[str, Path]]:
+    """(tokenizer, token-file directory of each source by name; "" for the one-source form data.inputs),
+    built by rank 0 while the other ranks wait for its paths (or its error: a failure there stops every
+    rank with the message, not at a barrier's timeout)."""
     if SEPARATOR not in cfg.tokenizer.special_tokens:
         raise ConfigError(f"'tokenizer.special_tokens' must include the document separator {SEPARATOR!r}, "
                           f"got {cfg.tokenizer.special_tokens}")
 
     def build() -> dict[str, str]:
-        files = corpus_files(cfg)
-        tokenizer_path = build_tokenizer(cfg, files)
+        groups = source_files(cfg) if cfg.data.sources else None
+        files = [p for g in groups for p in g] if groups else corpus_files(cfg)
+        tokenizer_path = build_tokenizer(cfg, files, groups)
         tokenizer = Tokenizer.load(tokenizer_path)
         if tokenizer.vocab_size > cfg.model.vocab_size:  # before the corpus is tokenized, not after
             raise ConfigError(f"'model.vocab_size' ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                               f"vocabulary ({tokenizer.vocab_size} tokens, {tokenizer_path})")
         _pause_if_requested()
-        data_dir = build_token_files(cfg, files, tokenizer)
-        return {"tokenizer": str(tokenizer_path), "data": str(data_dir)}
+        if groups is None:
+            data = {"": str(build_token_files(cfg, files, tokenizer))}
+        else:
+            data = {s.name: str(build_token_files(cfg, g, tokenizer, s.val_fraction))
+                    for s, g in zip(cfg.data.sources, groups, strict=True)}
+        return {"tokenizer": str(tokenizer_path), "data": data}
 
     result = distributed.on_main_rank(build)
-    return Tokenizer.load(result["tokenizer"]), Path(result["data"])
+    return Tokenizer.load(result["tokenizer"]), {name: Path(d) for name, d in result["data"].items()}
+
+
+def open_splits(cfg: RunConfig, data_dirs: dict[str, Path], fingerprint: str) -> tuple[Any, Any, str]:
+    """(train, val, where) for the trainer: the `MemmapTokens` of the one-source form, or for a mixture the
+    `MixtureTokens` of its sources; `where` says where the data lies, for the log."""
+    from dist_llm.data import DataError, MemmapTokens, MixtureTokens
+
+    ctx_len = cfg.model.context_length
+    if set(data_dirs) == {""}:
+        return (MemmapTokens(data_dirs[""], "train", ctx_len, fingerprint),
+                MemmapTokens(data_dirs[""], "val", ctx_len, fingerprint), str(data_dirs[""]))
+
+    def opened(split: str) -> MixtureTokens:
+        sources = {}
+        for name, path in data_dirs.items():
+            try:
+                sources[name] = MemmapTokens(path, split, ctx_len, fingerprint)
+            except DataError as e:
+                raise DataError(f"data source {name!r}: {e}") from None
+        return MixtureTokens(sources, {s.name: s.weight for s in cfg.data.sources}, cfg.data.on_exhausted)
+
+    train = opened("train")
+    return train, opened("val"), f"{len(data_dirs)} sources: {train.describe()}"

@@ -2,7 +2,9 @@
 
 Reads each run's `metrics.jsonl` (one JSON object per line, written by the trainer) and draws train and
 validation loss against tokens seen on the top panel and the learning rate on the bottom panel, with the
-runs overlaid and labelled by their directory names. matplotlib is an optional extra, imported only here
+runs overlaid and labelled by their directory names. A mixture's runs also log each source's validation
+loss (`val_loss/<name>`): those are drawn as thinner dotted lines in the run's colour, one marker per
+source, next to the weighted mean (`val_loss`). matplotlib is an optional extra, imported only here
 and only when a plot is drawn; the trainer calls `plot_runs` directly.
 """
 
@@ -61,6 +63,17 @@ def _series(records: list[dict[str, Any]], x_key: str, y_key: str) -> tuple[list
     return [p[0] for p in points], [p[1] for p in points]
 
 
+SOURCE_MARKERS = "s^vD<>"
+
+
+def _source_names(records: list[dict[str, Any]]) -> list[str]:
+    """The mixture sources a run logged a validation loss for (val_loss/<name>), in first-seen order."""
+    names: dict[str, None] = {}
+    for record in records:
+        names.update((key.split("/", 1)[1], None) for key in record if key.startswith("val_loss/"))
+    return list(names)
+
+
 def _run_names(run_dirs: Sequence[Path]) -> list[str]:
     """Directory names as legend labels; the parent is prepended where two runs share a name."""
     paths = [p.resolve() for p in run_dirs]
@@ -104,6 +117,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_path: str | Path) -> Path:
         x, y = _series(records, x_key, "val_loss")
         if x:
             ax_loss.plot(x, y, color=color, linestyle="--", marker="o", markersize=3, label=f"{name} val")
+        for i, source in enumerate(_source_names(records)):
+            x, y = _series(records, x_key, f"val_loss/{source}")
+            ax_loss.plot(x, y, color=color, linestyle=":", linewidth=1.0, marker=SOURCE_MARKERS[i % 6],
+                         markersize=3, alpha=0.7, label=f"{name} val {source}")
         x, y = _series(records, x_key, "lr")
         if x:
             ax_lr.plot(x, y, color=color, label=name)

@@ -49,7 +49,7 @@ from dist_llm.metrics import (
 from dist_llm.parallelize import Parallelism, ParallelismError, effective_strategy, hsdp_shape, parallelize
 from dist_llm.rng import seed_everything
 from dist_llm.training import outputs, precision
-from dist_llm.training.evaluation import ValidationWindows
+from dist_llm.training.evaluation import format_eval, validation_windows
 from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
 from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
@@ -148,18 +148,17 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                                                                          path=str(run_dir / "tokenizer")))
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
-        from dist_llm.data import MemmapTokens, ShardedBatchLoader
+        from dist_llm.data import ShardedBatchLoader
         from dist_llm.model import ModelConfig, TransformerLM
-        from dist_llm.pipeline import prepare_data
+        from dist_llm.pipeline import open_splits, prepare_sources
 
-        tokenizer, data_dir = prepare_data(cfg)
+        tokenizer, data_dirs = prepare_sources(cfg)
         if init_source and explicit_tokenizer:
             check_same_tokenizer(init_source, tokenizer.fingerprint, explicit_tokenizer)
         ctx_len = cfg.model.context_length
-        train_data = MemmapTokens(data_dir, "train", ctx_len, tokenizer.fingerprint)
-        val_data = MemmapTokens(data_dir, "val", ctx_len, tokenizer.fingerprint)
-        plan = make_plan(cfg, ctx.world_size, len(train_data))
-        say(f"data: {train_data.num_tokens:,} train / {val_data.num_tokens:,} val tokens in {data_dir}; "
+        train_data, val_data, where = open_splits(cfg, data_dirs, tokenizer.fingerprint)
+        plan = make_plan(cfg, ctx.world_size, len(train_data), getattr(train_data, "limit", None), say)
+        say(f"data: {train_data.num_tokens:,} train / {val_data.num_tokens:,} val tokens in {where}; "
             f"global batch {plan.global_batch_seqs} x {ctx_len} tokens = {plan.micro_batch_size} per "
             f"micro-step x {plan.accum_steps} accumulation steps x {ctx.world_size} rank(s); "
             f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.2f} epochs)")
@@ -185,8 +184,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         loader = ShardedBatchLoader(train_data, plan.micro_batch_size, ctx.rank, ctx.world_size,
                                     seed=cfg.run.seed, device=device)
         separator = _document_separator(cfg, train_data)
-        val_windows = ValidationWindows(val_data, cfg.eval.num_windows, ctx.rank, ctx.world_size, tokenizer,
-                                        cfg.model.vocab_size, separator)
+        val_windows = validation_windows(val_data, cfg.eval.num_windows, ctx.rank, ctx.world_size, tokenizer,
+                                         cfg.model.vocab_size, separator)
         non_embedding = model.num_params(include_embeddings=False)
         say(f"model: {model.num_params():,} parameters ({non_embedding:,} without embeddings), "
             f"{model.flops_per_token() / 1e6:.1f} MFLOPs per token")
@@ -243,8 +242,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             if log:
                 log.write({"step": at_step, "tokens": counters["tokens"], **last_eval,
                            "time_s": time.perf_counter() - run_start})
-            say(f"\nstep {at_step}: val_loss {last_eval['val_loss']:.4f}  ppl {last_eval['val_ppl']:.2f}  "
-                f"bpb {last_eval['val_bpb']:.4f}")
+            say(f"\nstep {at_step}: {format_eval(last_eval)}")
             window_start += time.perf_counter() - started  # evaluation time is not training throughput
 
         def save_checkpoint(at_step: int, lr: float) -> None:
@@ -355,10 +353,12 @@ def _document_separator(cfg: RunConfig, train_data: Any) -> int | None:
         return None
     from dist_llm.data.documents import separator_id
 
+    # A mixture's sources share the run's tokenizer, so any one of them names the separator.
+    split = next(iter(train_data.sources.values())) if hasattr(train_data, "sources") else train_data
     try:
-        return separator_id(train_data.meta)
+        return separator_id(split.meta)
     except ValueError as e:
-        raise ConfigError(f"'model.doc_masking': {train_data.data_dir}: {e}") from None
+        raise ConfigError(f"'model.doc_masking': {split.data_dir}: {e}") from None
 
 
 def _memory_plan(model_cfg: Any, par_cfg: Parallelism, strategy: str, world_size: int, micro_batch: int,

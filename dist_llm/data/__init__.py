@@ -7,7 +7,8 @@ reading), prepare (parallel tokenization to token files + meta.json), shards (a 
 files of at most --shard-size tokens), parts (--part I/N preparation on many machines, and merge),
 cache (whether a prepared directory is up to date), meta (the meta.json format), builtin_corpus (the
 stdlib-docs corpus), memmap_tokens (windows over a split's token files), sampler (the global
-resumable sample order), loader (ShardedBatchLoader, get_batch).
+resumable sample order), mixture (weighted sources as one blended stream), loader (ShardedBatchLoader,
+get_batch).
 
 Importing this package is cheap: names are resolved on first use, so neither numpy nor torch is
 imported until a data class or function is actually needed.
@@ -27,6 +28,8 @@ _EXPORTS = {
     "MemmapTokens": "dist_llm.data.memmap_tokens",
     "read_meta": "dist_llm.data.meta",
     "GlobalWindowStream": "dist_llm.data.sampler",
+    "MixtureStream": "dist_llm.data.mixture",
+    "MixtureTokens": "dist_llm.data.mixture",
     "ShardedBatchLoader": "dist_llm.data.loader",
     "get_batch": "dist_llm.data.loader",
     "resolve_device": "dist_llm.data.loader",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dist_llm.data.memmap_tokens import MemmapTokens
+from dist_llm.data.mixture import MixtureTokens
 from dist_llm.data.sampler import GlobalWindowStream
 from dist_llm.devices import resolve_device
 
@@ -31,10 +32,11 @@ class ShardedBatchLoader:
 
     Rank r of world_size takes windows [pos + r*B, pos + (r+1)*B) of the stream per call and every rank
     advances pos by world_size*B (see sampler.py), so all ranks must call next_batch equally often.
+    A `MixtureTokens` dataset brings its own blended stream (see mixture.py), with the same interface.
     """
 
-    def __init__(self, dataset: MemmapTokens, micro_batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, dataset: MemmapTokens | MixtureTokens, micro_batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -44,7 +46,8 @@ class ShardedBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.device = resolve_device(device)
-        self.stream = GlobalWindowStream(len(dataset), seed)
+        self.stream = dataset.make_stream(seed) if isinstance(dataset, MixtureTokens) \
+            else GlobalWindowStream(len(dataset), seed)
 
     @property
     def epoch(self) -> int:
@@ -61,7 +64,7 @@ class ShardedBatchLoader:
         """(x, y) of shape (micro_batch_size, context_length), int64, on the loader's device."""
         return _to_device(self.dataset.windows(self.next_indices()), self.device)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         return self.stream.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

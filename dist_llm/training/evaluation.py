@@ -4,6 +4,10 @@ The windows are spread evenly over the validation split and fixed for the whole 
 evaluations are comparable) and split between ranks. Bits per byte divides the summed loss (in nats) by
 the UTF-8 bytes the target tokens stand for, counted exactly from the vocabulary's byte lengths (special
 tokens count 0 bytes: they are not text); that makes runs with different tokenizers comparable.
+
+A mixture is evaluated source by source, eval.num_windows windows of each: val_loss/<name> and
+val_bpb/<name> per source, and under val_loss, val_bpb the mean over the sources weighted by their
+mixture weights (the loss of the training mix, not of whichever source has the most windows).
 """
 
 from __future__ import annotations
@@ -63,3 +67,46 @@ class ValidationWindows:
             with autocast:
                 model(x)
         model.train(was_training)
+
+
+class MixtureValidation:
+    """ValidationWindows per source of a mixture (each in lockstep on its own), summarised by weight."""
+
+    def __init__(self, mixture, num_windows: int, rank: int, world_size: int, tokenizer: Tokenizer,
+                 vocab_size: int, separator: int | None = None) -> None:
+        self.per_source = {name: ValidationWindows(ds, num_windows, rank, world_size, tokenizer, vocab_size,
+                                                   separator) for name, ds in mixture.sources.items()}
+        total = sum(mixture.weights.values())
+        self.shares = {name: w / total for name, w in mixture.weights.items()}
+
+    def evaluate(self, model: torch.nn.Module, batch_size: int, device: torch.device,
+                 autocast: AbstractContextManager, lockstep: bool = False) -> dict[str, float]:
+        """The weighted val_loss, val_ppl, val_bpb and each source's val_loss/<name>, val_bpb/<name>."""
+        out = {"val_loss": 0.0, "val_ppl": 0.0, "val_bpb": 0.0}
+        for name, windows in self.per_source.items():
+            result = windows.evaluate(model, batch_size, device, autocast, lockstep)
+            out[f"val_loss/{name}"], out[f"val_bpb/{name}"] = result["val_loss"], result["val_bpb"]
+            out["val_loss"] += self.shares[name] * result["val_loss"]
+            out["val_bpb"] += self.shares[name] * result["val_bpb"]
+        out["val_ppl"] = math.exp(min(out["val_loss"], 700.0))
+        return out
+
+
+def validation_windows(val_data, num_windows: int, rank: int, world_size: int, tokenizer: Tokenizer,
+                       vocab_size: int, separator: int | None = None
+                       ) -> ValidationWindows | MixtureValidation:
+    """The trainer's validation set: one split's windows, or each source's for a mixture."""
+    from dist_llm.data.mixture import MixtureTokens
+
+    kind = MixtureValidation if isinstance(val_data, MixtureTokens) else ValidationWindows
+    return kind(val_data, num_windows, rank, world_size, tokenizer, vocab_size, separator)
+
+
+def format_eval(result: dict[str, float]) -> str:
+    """One progress line: the (weighted) loss, perplexity and bpb, then each source's loss and bpb."""
+    line = f"val_loss {result['val_loss']:.4f}  ppl {result['val_ppl']:.2f}  bpb {result['val_bpb']:.4f}"
+    sources = [key.split("/", 1)[1] for key in result if key.startswith("val_loss/")]
+    if sources:
+        line += "  |  " + "  ".join(f"{name}: loss {result[f'val_loss/{name}']:.4f} "
+                                    f"bpb {result[f'val_bpb/{name}']:.4f}" for name in sources)
+    return line

@@ -8,6 +8,7 @@ the number of GPUs changes A, not the optimisation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dist_llm.config import ConfigError, RunConfig
@@ -24,7 +25,9 @@ class RunPlan:
     decay_steps: int  # where the cosine schedule reaches min_lr
 
 
-def make_plan(cfg: RunConfig, world_size: int, train_windows: int) -> RunPlan:
+def make_plan(cfg: RunConfig, world_size: int, train_windows: int, max_windows: int | None = None,
+              say: Callable[[str], None] = print) -> RunPlan:
+    """max_windows: the most windows the data can give (a mixture with data.on_exhausted = "stop")."""
     t, ctx = cfg.train, cfg.model.context_length
     seqs = t.global_batch_tokens // ctx
     per_micro_step = t.micro_batch_size * world_size
@@ -49,6 +52,13 @@ def make_plan(cfg: RunConfig, world_size: int, train_windows: int) -> RunPlan:
     if t.num_epochs:
         lengths.append(math.ceil(t.num_epochs * steps_per_epoch))
     total = min(lengths)  # several limits given: stop at the first one reached
+    if max_windows is not None and max_windows // seqs < total:
+        if max_windows < seqs:
+            raise ConfigError(f"'data.on_exhausted' is \"stop\" and a source of the mixture runs out after "
+                              f"{max_windows} windows, less than one global batch ({seqs} windows)")
+        say(f"data: a mixture source runs out after {max_windows:,} windows and data.on_exhausted is "
+            f"\"stop\": the run ends at step {max_windows // seqs} instead of {total}")
+        total = max_windows // seqs
     decay = cfg.optim.decay_steps or total
     if cfg.optim.warmup_steps >= decay:
         raise ConfigError(f"'optim.warmup_steps' ({cfg.optim.warmup_steps}) must be shorter than the run "

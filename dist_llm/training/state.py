@@ -252,6 +252,9 @@ def _check_same_data(path: Path, state: dict[str, Any], loader: Any) -> None:
     data = state.get("config", {}).get("data", {})
     trained_on = f" (data.inputs {data['inputs']}, data.val_fraction {data.get('val_fraction')})" \
         if "inputs" in data else ""
+    if data.get("sources"):  # a mixture: its sources and weights
+        trained_on = " (data.sources " + ", ".join(f"{s['name']} x{s['weight']:g}" for s in data["sources"]) \
+            + f", data.on_exhausted {data.get('on_exhausted')})"
     raise CheckpointError(
         f"{path}: the training data differs from the data the run was trained on{trained_on}: "
         f"{what}. A resume continues the same data stream; to train these weights on this data, start a "
