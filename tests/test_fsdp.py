@@ -68,7 +68,10 @@ def ddp_run(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fsdp_run(tiny_data, tmp_path_factory):
-    return _train(tiny_data, tmp_path_factory.mktemp("fsdp") / "run", 2, "--dist.strategy=fsdp")
+    """Sharded checkpoints written in the background (the exact-resume test reads them back); the
+    synchronous path is taken by the hsdp, SIGUSR1 and crash tests."""
+    return _train(tiny_data, tmp_path_factory.mktemp("fsdp") / "run", 2, "--dist.strategy=fsdp",
+                  "--checkpoint.async_save=true")
 
 
 def test_fsdp_trains_like_ddp_with_accumulation_and_clipping(ddp_run, fsdp_run):
@@ -129,6 +132,12 @@ def test_full_format_and_activation_checkpointing_under_fsdp(tiny_data, tmp_path
     assert consolidated.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(consolidated[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    # generate, evaluate and export read the sharded checkpoint directly
+    from dist_llm.pretrained import load_pretrained
+
+    model, _, _ = load_pretrained(checkpoint=fsdp_run / "checkpoints" / "step_00000008")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, consolidated[name], rtol=0, atol=0, msg=name)
     # and read_checkpoint reads either format into the same whole optimizer tensors
     sharded_opt = read_checkpoint(fsdp_run / "checkpoints" / "step_00000008").optimizer_state
     full_opt = read_checkpoint(full).optimizer_state
