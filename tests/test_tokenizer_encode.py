@@ -15,7 +15,10 @@ from dist_llm.tokenizer import Tokenizer, TokenizerError, train_bpe
 from dist_llm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
 SPECIALS = ["<|endoftext|>", "<|a|>", "<|a|><|a|>"]
-TRICKY = "Hi  there<|a|><|a|><|a|>x's  \n\n naïve 日本語 12 345!!<|endoftext|><|endoftext|>  \t<|a|"
+TRICKY = (
+    "Hi  there<|a|><|a|><|a|>x's  \n\n naïve 日本語 12 345!!<|endoftext|><|endoftext|> it’s café'll"
+    " e\u0301'll \xa0 🙂's\u3000x  \t<|a|"
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,10 @@ def test_encode_iterable_every_split_position(tok):
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["a", " ", "  ", "\n", "<|", "a|>", "<|a|>", "'", "s", "日", "1", "<|endoftext|>"])
+        st.sampled_from(
+            ["a", " ", "  ", "\n", "<|", "a|>", "<|a|>", "'", "s", "日", "1", "<|endoftext|>", "’", "é",
+             "\xa0", "\u0301", "🙂", "ll"]
+        )
     )
 )
 def test_encode_iterable_random_chunks(tok, chunks):
@@ -115,7 +121,8 @@ def test_encode_iterable_random_chunks(tok, chunks):
 CONTRACTION_WORDS = [" you", "'ll", "'re", "'ve", "'s", "'d", " have", " her", "As", " we", " they",
                      " all", " real", " give", ".", "!", "\n", "  ", " 12"]  # fmt: skip
 CONTRACTION_PARTS = ["'ll", "'re", "'ve", "'s", "'", "l", "r", "v", "e", "L", "you", " we", " ", "  ",
-                     "\n", " \n", "\t", "7", " 42", ".", "!?", "é", " 日", "<|endoftext|>", "<|"]  # fmt: skip
+                     "\n", " \n", "\t", "7", " 42", ".", "!?", "é", " 日", "<|endoftext|>", "<|",
+                     "’s", "é'll", "\u0301", "🙂", "\xa0", "\u3000"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +260,10 @@ def test_equals_tiktoken_built_from_our_merges(tok):
         "<|a|>",
         "<|endoftext|>",
         "🙂",
+        "’s",
+        " café'll",
+        "\xa0",
+        "\u0301",
     ]
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
