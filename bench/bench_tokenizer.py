@@ -15,9 +15,9 @@ ids, the GPT-2 pattern, the same special token), single thread, and checks the i
 Peak memory: VmHWM of the training process itself (HF: its only process), and ru_maxrss of its
 largest worker process (RUSAGE_CHILDREN; a forked worker's RSS includes pages shared with its parent).
 Web-like rows (--web-like, on by default; --encode-only skips the training rounds): the first corpus
-read as it is, a web-like version of it (in 1 line of 20 "'" becomes "’" and " - " becomes " — ", and a
-line of the multilingual sample below follows every 100th line), and the multilingual sample alone
-(about 1 MB), all encoded with the tokenizer trained on that corpus, in rounds that time every text
+read as it is; a web-like version of it (in 1 line of 20 "'" becomes "’" and " - " becomes " — "); the
+same with a multilingual line after every 100th line; and about 1 MB of multilingual lines alone,
+all encoded with the tokenizer trained on that corpus, in rounds that time every text
 with ours and tiktoken; each ratio is taken within a round (ours on a text / ours on the corpus as it
 is, ours / tiktoken), and medians over rounds are shown, for wall time and for CPU time.
 Targets: web-like >= 0.6x tiktoken and >= 0.9x our speed on the ASCII text.
@@ -27,8 +27,10 @@ Needs the bench extra: pip install -e .[bench]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -137,21 +139,31 @@ MULTILINGUAL = [
 ]
 
 
-def web_like_text(text: str) -> str:
-    """ASCII prose made web-like: in 1 line of 20 "'" becomes "’" and " - " becomes " — ", and a
-    multilingual line follows every 100th line."""
+def web_like_text(text: str, multilingual_every: int = 0) -> str:
+    """ASCII prose made web-like: in 1 line of 20 "'" becomes "’" and " - " becomes " — "; with
+    multilingual_every = k, a line of multilingual_text follows every k-th line."""
     lines = text.splitlines(keepends=True)
+    extra = itertools.cycle(multilingual_text(len(lines) * 150e-6 / max(1, multilingual_every)).splitlines())
     out = []
     for i, line in enumerate(lines):
         out.append(line.replace("'", "’").replace(" - ", " — ") if i % 20 == 0 else line)
-        if i % 100 == 99:
-            out.append(MULTILINGUAL[i // 100 % len(MULTILINGUAL)] + "\n")
+        if multilingual_every and i % multilingual_every == multilingual_every - 1:
+            out.append(next(extra) + "\n")
     return "".join(out)
 
 
-def multilingual_text(megabytes: float = 1.0) -> str:
-    sample = "\n".join(MULTILINGUAL) + "\n"
-    return sample * max(1, int(megabytes * 1e6 / len(sample.encode("utf-8"))))
+def multilingual_text(megabytes: float = 1.0, seed: int = 0) -> str:
+    """Lines made from MULTILINGUAL with their words (characters, for text without spaces) shuffled,
+    so most lines are new, as in a real corpus, rather than one sample repeated."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < megabytes * 1e6:
+        sentence = rng.choice(MULTILINGUAL)
+        parts = sentence.split(" ") if " " in sentence else list(sentence)
+        rng.shuffle(parts)
+        lines.append((" " if " " in sentence else "").join(parts))
+        size += len(lines[-1].encode("utf-8")) + 1
+    return "\n".join(lines) + "\n"
 
 
 def _timed(fn):  # noqa: ANN001, ANN202
@@ -270,7 +282,11 @@ def main() -> None:
                 text = data_path.read_text(encoding="utf-8")
                 texts = {path.name: text}
                 if args.web_like and not web_like:
-                    texts.update({"web-like": web_like_text(text), "multilingual": multilingual_text()})
+                    texts.update({
+                        "web-like": web_like_text(text),
+                        "web-like + a multilingual line every 100": web_like_text(text, 100),
+                        "multilingual": multilingual_text(),
+                    })  # fmt: skip
                 results = bench_encoding(texts, tok_dir, args.rounds)
                 encode = results.pop(path.name)
                 if results:
