@@ -1,6 +1,7 @@
 """Corpus preparation throughput: dist_llm.data.prepare with N workers vs tiktoken in one thread.
 
     python bench/bench_prepare.py --input ../shared/data/shakespeare_complete.txt --vocab-size 10000
+    python bench/bench_prepare.py --input ../shared/data/shakespeare_complete.txt --web-like
 
 Trains (or loads, with --tokenizer DIR) a BPE tokenizer on the input, builds a tiktoken Encoding from
 the same merges and the GPT-2 pre-tokenization regex, and times in one run: tiktoken encoding the whole
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     parser.add_argument("--rounds", type=int, default=5,
                         help="tiktoken / parallel prepare pairs for the median paired ratio")
+    parser.add_argument("--web-like", action="store_true",
+                        help="also time prepare on a web-like copy of the input against the input itself "
+                             "(bench_tokenizer.web_like_text; target: at least 0.8x the speed on the input)")
     args = parser.parse_args()
 
     from dist_llm.data.prepare import prepare_corpus
@@ -127,6 +131,37 @@ def main() -> None:
     print(f"\nprepare with {args.workers} workers / tiktoken, {args.rounds} paired rounds: median "
           f"{statistics.median(paired):.2f}x (each round: {', '.join(f'{r:.2f}' for r in paired)})")
     print("\n".join(f"  round {i}: {line}" for i, line in enumerate(rounds)))
+    if args.web_like:
+        web_like_row(args, tok, mb)
+
+
+def web_like_row(args: argparse.Namespace, tok, mb: float) -> None:  # noqa: ANN001
+    """Prepare (--workers workers, cold tokenizers) on the input and on a web-like copy of it, in
+    --rounds paired rounds; the median of the per-round speed ratios (MB/s web-like / MB/s input)."""
+    from bench_tokenizer import web_like_text
+
+    from dist_llm.data.prepare import prepare_corpus
+    from dist_llm.tokenizer import Tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        web = Path(tmp) / "web_like.txt"
+        web.write_text(web_like_text(Path(args.input).read_text(encoding="utf-8")), encoding="utf-8")
+        web_mb = web.stat().st_size / 1e6
+        ratios, lines = [], []
+        for r in range(args.rounds):
+            speed = {}
+            order = [("input", args.input, mb), ("web-like", web, web_mb)]
+            for name, path, size in order[:: 1 if r % 2 else -1]:  # each goes first in every other round
+                cold = Tokenizer(tok.vocab, tok.merges, [SEP])
+                _, seconds, _ = timed(lambda p=path, t=cold: prepare_corpus(
+                    [p], t, Path(tmp) / "out", workers=args.workers, force=True, progress=False))
+                speed[name] = size / seconds
+            ratios.append(speed["web-like"] / speed["input"])
+            lines.append(f"input {speed['input']:.2f} MB/s, web-like {speed['web-like']:.2f} MB/s")
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"\nprepare with {args.workers} workers, web-like ({web_mb:.2f} MB) / input, {args.rounds} paired "
+          f"rounds: median {statistics.median(ratios):.2f}x (each round: {each})")
+    print("\n".join(f"  round {i}: {line}" for i, line in enumerate(lines)))
 
 
 if __name__ == "__main__":
