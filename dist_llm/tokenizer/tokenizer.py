@@ -287,25 +287,21 @@ def _bpe_function(
         if whole is not None:
             return whole
         ids = list(data) if bytes_are_ids else [byte_ids[c] for c in data]
-        n = len(ids)
-        if n == 1:
+        if len(ids) == 1:
             return tuple(ids)
         ranks = list(map(rank_get, zip(ids, ids[1:], strict=False), repeat(no_merge)))
-        while True:
-            best = min(ranks)
-            if best == no_merge:
-                break
+        best = min(ranks)
+        while best != no_merge:
             i = ranks.index(best)
             new = ids[i] = merged_id[best]
-            del ids[i + 1]
-            del ranks[i]
-            n -= 1
-            if n == 1:
-                break
+            del ids[i + 1], ranks[i]
             if i:
                 ranks[i - 1] = rank_get((ids[i - 1], new), no_merge)
-            if i < n - 1:
+            if i < len(ranks):
                 ranks[i] = rank_get((new, ids[i + 1]), no_merge)
+            elif not ranks:  # one token left
+                break
+            best = min(ranks)
         return tuple(ids)
 
     return bpe
