@@ -6,6 +6,7 @@ import itertools
 import pickle
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -21,15 +22,23 @@ TRICKY = (
 )
 
 
+def tokenizer_trained_on(
+    tmp_dir: Path, words: list[str], specials: list[str], *, docs: int, doc_words: int, merges: int
+) -> Tokenizer:
+    """A tokenizer trained on `docs` documents of `doc_words` random words each, joined by "<|endoftext|>"."""
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(words) for _ in range(doc_words)) for _ in range(docs)]
+    path = tmp_dir / "corpus.txt"
+    path.write_text("<|endoftext|>".join(texts), encoding="utf-8")
+    vocab, merge_list = train_bpe(path, 256 + len(specials) + merges, specials)
+    return Tokenizer(vocab, merge_list, specials)
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    rng = random.Random(0)
     words = [" the", " cat", "'s", " naïve", " 日本", "語", " 12", "!!", "\n", "  ", "Hi", " there", "<|a|>"]
-    docs = ["".join(rng.choice(words) for _ in range(40)) for _ in range(60)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
-    vocab, merges = train_bpe(path, 256 + len(SPECIALS) + 60, SPECIALS)
-    return Tokenizer(vocab, merges, SPECIALS)
+    return tokenizer_trained_on(tmp_path_factory.mktemp("corpus"), words, SPECIALS, docs=60, doc_words=40,
+                                merges=60)  # fmt: skip
 
 
 def reference_encode(tok: Tokenizer, piece: str) -> list[int]:
@@ -129,12 +138,8 @@ CONTRACTION_PARTS = ["'ll", "'re", "'ve", "'s", "'", "l", "r", "v", "e", "L", "y
 def eot_tok(tmp_path_factory) -> Tokenizer:
     """One special token, "<|endoftext|>" (13 characters), and merges for "'ll", "'re", "'ve", so a
     contraction cut into "'" + "ll" gives other ids than the whole one."""
-    rng = random.Random(0)
-    docs = ["".join(rng.choice(CONTRACTION_WORDS) for _ in range(40)) for _ in range(60)]
-    path = tmp_path_factory.mktemp("contractions") / "corpus.txt"
-    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
-    vocab, merges = train_bpe(path, 256 + 1 + 60, ["<|endoftext|>"])
-    return Tokenizer(vocab, merges, ["<|endoftext|>"])
+    return tokenizer_trained_on(tmp_path_factory.mktemp("contractions"), CONTRACTION_WORDS, ["<|endoftext|>"],
+                                docs=60, doc_words=40, merges=60)  # fmt: skip
 
 
 def test_encode_iterable_contraction_near_buffer_end(eot_tok):

@@ -16,8 +16,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_tokenizer_encode import tokenizer_trained_on
 
-from dist_llm.tokenizer import Tokenizer, train_bpe
+from dist_llm.tokenizer import Tokenizer
 from dist_llm.tokenizer import pretokenize as pretokenize_module
 from dist_llm.tokenizer.corpus import count_corpus
 from dist_llm.tokenizer.pretokenize import GPT2_REGEX, count_pretokens, pretokenize
@@ -56,12 +57,8 @@ def scan(request, monkeypatch):
 def mixed_tok(tmp_path_factory) -> Tokenizer:
     """Trained on the fragments themselves, so "’s", "é'll", " 日本" and the like have merges of their
     own, and a pre-token cut in the wrong place shows in the ids."""
-    rng = random.Random(0)
-    docs = ["".join(rng.choice(FRAGMENTS) for _ in range(60)) for _ in range(80)]
-    path = tmp_path_factory.mktemp("mixed") / "corpus.txt"
-    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
-    vocab, merges = train_bpe(path, 256 + 1 + 150, ["<|endoftext|>"])
-    return Tokenizer(vocab, merges, ["<|endoftext|>"])
+    return tokenizer_trained_on(tmp_path_factory.mktemp("mixed"), FRAGMENTS, ["<|endoftext|>"], docs=80,
+                                doc_words=60, merges=150)  # fmt: skip
 
 
 def plain_ids(tok: Tokenizer, text: str) -> list[int]:
