@@ -1,6 +1,7 @@
 """Corpus preparation throughput: dist_llm.data.prepare with N workers vs tiktoken in one thread.
 
     python bench/bench_prepare.py --input ../shared/data/shakespeare_complete.txt --vocab-size 10000
+    python bench/bench_prepare.py --input ../shared/data/shakespeare_complete.txt --web-like
 
 Trains (or loads, with --tokenizer DIR) a BPE tokenizer on the input, builds a tiktoken Encoding from
 the same merges and the GPT-2 pre-tokenization regex, and times in one run: tiktoken encoding the whole
@@ -79,6 +80,9 @@ def main() -> None:
                         help="tiktoken / parallel prepare pairs for the median paired ratio")
     parser.add_argument("--no-formats", action="store_true", help="skip the Parquet / zstd JSONL table")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1 / 2 / all-cores table")
+    parser.add_argument("--web-like", action="store_true",
+                        help="also time prepare on a web-like copy of the input against the input itself "
+                             "(bench_tokenizer.web_like_text; target: at least 0.8x the speed on the input)")
     args = parser.parse_args()
 
     from dist_llm.data.prepare import prepare_corpus
@@ -140,6 +144,8 @@ def main() -> None:
         format_table(text, tok, args.repeats)
     if not args.no_scaling:
         worker_scaling(text, tok, args.repeats)
+    if args.web_like:
+        web_like_row(args, tok, mb)
 
 
 def web_like_documents(text: str, size: int = 4000) -> list[str]:
@@ -238,6 +244,35 @@ def worker_scaling(text: str, tok, repeats: int) -> None:  # noqa: ANN001
         for name, (seconds, meta) in best.items():
             cpu = ", ".join(f"{c:.1f}" for c in meta["build"]["worker_cpu_seconds"])
             print(f"| {name} | {seconds:.2f} | {mb / seconds:.2f} | {one / seconds:.2f}x | {cpu} |")
+
+
+def web_like_row(args: argparse.Namespace, tok, mb: float) -> None:  # noqa: ANN001
+    """Prepare (--workers workers, cold tokenizers) on the input and on a web-like copy of it, in
+    --rounds paired rounds; the median of the per-round speed ratios (MB/s web-like / MB/s input)."""
+    from bench_tokenizer import web_like_text
+
+    from dist_llm.data.prepare import prepare_corpus
+    from dist_llm.tokenizer import Tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        web = Path(tmp) / "web_like.txt"
+        web.write_text(web_like_text(Path(args.input).read_text(encoding="utf-8")), encoding="utf-8")
+        web_mb = web.stat().st_size / 1e6
+        ratios, lines = [], []
+        for r in range(args.rounds):
+            speed = {}
+            order = [("input", args.input, mb), ("web-like", web, web_mb)]
+            for name, path, size in order[:: 1 if r % 2 else -1]:  # each goes first in every other round
+                cold = Tokenizer(tok.vocab, tok.merges, [SEP])
+                _, seconds, _ = timed(lambda p=path, t=cold: prepare_corpus(
+                    [p], t, Path(tmp) / "out", workers=args.workers, force=True, progress=False))
+                speed[name] = size / seconds
+            ratios.append(speed["web-like"] / speed["input"])
+            lines.append(f"input {speed['input']:.2f} MB/s, web-like {speed['web-like']:.2f} MB/s")
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"\nprepare with {args.workers} workers, web-like ({web_mb:.2f} MB) / input, {args.rounds} paired "
+          f"rounds: median {statistics.median(ratios):.2f}x (each round: {each})")
+    print("\n".join(f"  round {i}: {line}" for i, line in enumerate(lines)))
 
 
 if __name__ == "__main__":

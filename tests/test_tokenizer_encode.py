@@ -6,6 +6,7 @@ import itertools
 import pickle
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -15,18 +16,29 @@ from dist_llm.tokenizer import Tokenizer, TokenizerError, train_bpe
 from dist_llm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
 SPECIALS = ["<|endoftext|>", "<|a|>", "<|a|><|a|>"]
-TRICKY = "Hi  there<|a|><|a|><|a|>x's  \n\n naïve 日本語 12 345!!<|endoftext|><|endoftext|>  \t<|a|"
+TRICKY = (
+    "Hi  there<|a|><|a|><|a|>x's  \n\n naïve 日本語 12 345!!<|endoftext|><|endoftext|> it’s café'll"
+    " e\u0301'll \xa0 🙂's\u3000x  \t<|a|"
+)
+
+
+def tokenizer_trained_on(
+    tmp_dir: Path, words: list[str], specials: list[str], *, docs: int, doc_words: int, merges: int
+) -> Tokenizer:
+    """A tokenizer trained on `docs` documents of `doc_words` random words each, joined by "<|endoftext|>"."""
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(words) for _ in range(doc_words)) for _ in range(docs)]
+    path = tmp_dir / "corpus.txt"
+    path.write_text("<|endoftext|>".join(texts), encoding="utf-8")
+    vocab, merge_list = train_bpe(path, 256 + len(specials) + merges, specials)
+    return Tokenizer(vocab, merge_list, specials)
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    rng = random.Random(0)
     words = [" the", " cat", "'s", " naïve", " 日本", "語", " 12", "!!", "\n", "  ", "Hi", " there", "<|a|>"]
-    docs = ["".join(rng.choice(words) for _ in range(40)) for _ in range(60)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
-    vocab, merges = train_bpe(path, 256 + len(SPECIALS) + 60, SPECIALS)
-    return Tokenizer(vocab, merges, SPECIALS)
+    return tokenizer_trained_on(tmp_path_factory.mktemp("corpus"), words, SPECIALS, docs=60, doc_words=40,
+                                merges=60)  # fmt: skip
 
 
 def reference_encode(tok: Tokenizer, piece: str) -> list[int]:
@@ -103,7 +115,10 @@ def test_encode_iterable_every_split_position(tok):
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["a", " ", "  ", "\n", "<|", "a|>", "<|a|>", "'", "s", "日", "1", "<|endoftext|>"])
+        st.sampled_from(
+            ["a", " ", "  ", "\n", "<|", "a|>", "<|a|>", "'", "s", "日", "1", "<|endoftext|>", "’", "é",
+             "\xa0", "\u0301", "🙂", "ll"]
+        )
     )
 )
 def test_encode_iterable_random_chunks(tok, chunks):
@@ -115,19 +130,16 @@ def test_encode_iterable_random_chunks(tok, chunks):
 CONTRACTION_WORDS = [" you", "'ll", "'re", "'ve", "'s", "'d", " have", " her", "As", " we", " they",
                      " all", " real", " give", ".", "!", "\n", "  ", " 12"]  # fmt: skip
 CONTRACTION_PARTS = ["'ll", "'re", "'ve", "'s", "'", "l", "r", "v", "e", "L", "you", " we", " ", "  ",
-                     "\n", " \n", "\t", "7", " 42", ".", "!?", "é", " 日", "<|endoftext|>", "<|"]  # fmt: skip
+                     "\n", " \n", "\t", "7", " 42", ".", "!?", "é", " 日", "<|endoftext|>", "<|",
+                     "’s", "é'll", "\u0301", "🙂", "\xa0", "\u3000"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def eot_tok(tmp_path_factory) -> Tokenizer:
     """One special token, "<|endoftext|>" (13 characters), and merges for "'ll", "'re", "'ve", so a
     contraction cut into "'" + "ll" gives other ids than the whole one."""
-    rng = random.Random(0)
-    docs = ["".join(rng.choice(CONTRACTION_WORDS) for _ in range(40)) for _ in range(60)]
-    path = tmp_path_factory.mktemp("contractions") / "corpus.txt"
-    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
-    vocab, merges = train_bpe(path, 256 + 1 + 60, ["<|endoftext|>"])
-    return Tokenizer(vocab, merges, ["<|endoftext|>"])
+    return tokenizer_trained_on(tmp_path_factory.mktemp("contractions"), CONTRACTION_WORDS, ["<|endoftext|>"],
+                                docs=60, doc_words=40, merges=60)  # fmt: skip
 
 
 def test_encode_iterable_contraction_near_buffer_end(eot_tok):
@@ -253,6 +265,10 @@ def test_equals_tiktoken_built_from_our_merges(tok):
         "<|a|>",
         "<|endoftext|>",
         "🙂",
+        "’s",
+        " café'll",
+        "\xa0",
+        "\u0301",
     ]
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
