@@ -22,12 +22,13 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
@@ -360,14 +361,45 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     """Copy whole tensors into a model's weights, after checking names and shapes. Under FSDP the
     weights are shards (DTensors, whose shape is the whole tensor's): each rank keeps its part."""
     own = unwrap_model(model).state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    _check_weights_fit(own, {k: tuple(v.shape) for k, v in state.items()}, source)
+    for name, tensor in own.items():  # state_dict() values share storage with the parameters
+        copy_full_into(tensor, state[name])
+
+
+def stream_model_state(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """load_model_state from a full checkpoint's model.safetensors, read one tensor at a time: a rank of
+    a sharded model keeps only its part of each, so the whole model is never in its memory."""
+    path = Path(checkpoint) / MODEL_FILE
+    own = unwrap_model(model).state_dict()
+    try:
+        with safe_open(path, framework="pt") as f:
+            _check_weights_fit(own, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, checkpoint)  # noqa: SIM118
+            for name, tensor in own.items():
+                copy_full_into(tensor, f.get_tensor(name))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
+
+
+def stream_optimizer_tensors(checkpoint: str | Path, keep: Callable[[str, torch.Tensor], torch.Tensor]
+                             ) -> dict[str, torch.Tensor]:
+    """A full checkpoint's optimizer tensors, read one at a time and each passed through keep(key,
+    tensor) (e.g. to cut it to this rank's shard) before the next is read."""
+    path = Path(checkpoint) / OPTIMIZER_TENSORS
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {key: keep(key, f.get_tensor(key)) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
+
+
+def _check_weights_fit(own: dict[str, torch.Tensor], saved: dict[str, tuple[int, ...]],
+                       source: str | Path) -> None:
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [f"{k} {saved[k]} vs {tuple(own[k].shape)}"
+              for k in own if k in saved and saved[k] != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]})")
-    for name, tensor in own.items():  # state_dict() values share storage with the parameters
-        copy_full_into(tensor, state[name])
 
 
 # ---------------------------------------------------------------- the small public API

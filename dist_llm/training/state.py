@@ -28,12 +28,15 @@ from dist_llm.checkpoint.store import (
     checkpoint_files,
     crash_if_requested,
     finalize_checkpoint,
+    join_optimizer_state,
     list_complete,
     load_model_state,
     model_state_for_saving,
     new_temp_dir,
     read_checkpoint,
     step_dir_name,
+    stream_model_state,
+    stream_optimizer_tensors,
     verify_checkpoint,
     write_checkpoint,
     write_json_durably,
@@ -289,18 +292,6 @@ def _shaped_like(value: Any, param: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and is_dtensor(param) and value.shape == param.shape
 
 
-def sharded_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """A state_dict of whole tensors, with each tensor that has its parameter's shape cut into this
-    rank's shard of it (every rank has the whole tensors: no communication)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = {}
-    for index, per_param in saved["state"].items():
-        param = params[int(index)]
-        state[index] = {name: shard_like(value, param) if _shaped_like(value, param) else value
-                        for name, value in per_param.items()}
-    return {"state": state, "param_groups": saved["param_groups"]}
-
-
 def _load_tensors(path: Path, par: ParallelModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load the checkpoint's weights into the model; return its optimizer state_dict, shaped like this
     run's optimizer state (sharded like the parameters under fsdp/hsdp)."""
@@ -317,12 +308,20 @@ def _load_tensors(path: Path, par: ParallelModel, optimizer: torch.optim.Optimiz
         optimizer_state = load_into_sharded(path, model_state, optimizer, empty_like_saved)
         par.model.load_state_dict(model_state)
         return optimizer_state
+    if par.sharded:  # a full checkpoint: one tensor at a time, this rank keeps its shard of each
+        stream_model_state(par.model, path)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+
+        def shard(key: str, tensor: torch.Tensor) -> torch.Tensor:
+            param = params[int(key.split(".")[1])]
+            return shard_like(tensor, param) if _shaped_like(tensor, param) else tensor
+
+        tensors = stream_optimizer_tensors(path, shard)
+        return join_optimizer_state(tensors, read_json(path / OPTIMIZER_JSON, CheckpointError), optimizer)
     loaded = read_checkpoint(path, optimizer, checksums=False)  # whole tensors, either format
     load_model_state(par.model, loaded.model_state, path)
     if loaded.optimizer_state is None:
         raise CheckpointError(f"{path}: has no optimizer state")
-    if par.sharded:
-        return sharded_optimizer_state(loaded.optimizer_state, optimizer)
     return loaded.optimizer_state
 
 
