@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +75,10 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     """
     launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
     with launch as ctx, contextlib.ExitStack() as cleanup:
+        if not ctx.is_main:  # rank 0 reports the run; the others say they joined (one line each)
+            from dist_llm.rank_messages import ready_line
+
+            print(ready_line(ctx.rank), flush=True)
         if stop is None:
             stop = cleanup.enter_context(StopRequest())
         # A separate frame: when it returns, DDP (whose reducer holds the process group and, through it,
@@ -367,18 +370,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], stop: StopRequest) -> int:
+    from dist_llm import elastic, rank_messages
     from dist_llm.data import DataError
     from dist_llm.tokenizer import TokenizerError
 
     try:
         cfg = parse_args(argv)
+        # Under torchrun --max-restarts: refused now if a restart would hang; a restart resumes.
+        cfg = elastic.prepare(cfg, say=print if rank_messages.launch_ranks()[0] == 0 else lambda _: None)
         train(cfg, stop)
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
-        # Every rank parses the same command line: one copy of a config error is enough (rank 0's; the
-        # process group does not exist yet, so the rank comes from torchrun's or srun's variables).
-        rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-        if not isinstance(e, ConfigError) or rank == "0":
-            print(f"error: {e}", file=sys.stderr)
+        # Every rank reports (the process group may not exist yet: the rank comes from the launcher's
+        # variables); a config error, the same everywhere, once per node (see dist_llm/rank_messages.py).
+        if (line := rank_messages.error_line(e)) is not None:
+            print(line, file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)
         print("aborted by Ctrl-C; --resume auto continues from the newest complete checkpoint",
