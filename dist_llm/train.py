@@ -18,7 +18,6 @@ if __name__ == "__main__":
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -35,6 +34,8 @@ from dist_llm.distributed import DistContext, DistributedError, distributed_cont
 from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
     MetricsLog,
+    config_summary,
+    console_line,
     format_postfix,
     make_hooks,
     mfu,
@@ -115,7 +116,7 @@ def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
 def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
     with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
-        say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
+        say = console_line if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
         run_dir = Path(cfg.run.dir)
@@ -129,8 +130,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer,
                                                                          path=init_source["tokenizer_dir"]))
         config_dict = cfg.to_dict()
-        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}, strategy {strategy}; resolved config:\n"
-            + json.dumps(config_dict, indent=2))
+        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}, strategy {strategy}; "
+            + config_summary(cfg))
         # Which checkpoint to resume from, decided by rank 0 before any work (it may fall back past
         # broken ones, and rejects one whose model differs from this config).
         chosen = distributed.on_main_rank(lambda: choose_checkpoint(cfg, say))
@@ -239,7 +240,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             if log:
                 log.write({"step": at_step, "tokens": counters["tokens"], **last_eval,
                            "time_s": time.perf_counter() - run_start})
-            say(f"\nstep {at_step}: val_loss {last_eval['val_loss']:.4f}  ppl {last_eval['val_ppl']:.2f}  "
+            say(f"step {at_step}: val_loss {last_eval['val_loss']:.4f}  ppl {last_eval['val_ppl']:.2f}  "
                 f"bpb {last_eval['val_bpb']:.4f}")
             window_start += time.perf_counter() - started  # evaluation time is not training throughput
 
@@ -249,7 +250,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                         "decay_steps": plan.decay_steps}
             path = writer.save(at_step, par, optimizer, trainer_state_dict(
                 at_step, counters, loader, scaler, tokenizer.fingerprint, schedule))
-            say(f"\ncheckpoint: {path}" + (" (written in the background)" if writer.asynchronous else ""))
+            say(f"checkpoint: {path}" + (" (written in the background)" if writer.asynchronous else ""))
 
         if log and chosen:
             log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
@@ -282,7 +283,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                         f"{run_dir / 'checkpoints'} is untouched. Lower optim.max_lr, or set "
                         f"train.skip_nonfinite=N to skip up to N such steps")
                 counters["nonfinite_skipped"] += 1
-                say(f"\nstep {step + 1}: non-finite loss, update skipped "
+                say(f"step {step + 1}: non-finite loss, update skipped "
                     f"({counters['nonfinite_skipped']}/{cfg.train.skip_nonfinite})")
                 continue
             scaler.step(optimizer)

@@ -29,7 +29,8 @@ def test_default_command_end_to_end(tiny_data, tmp_path):
     proc = _run(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert '"max_steps": 30' in out  # the resolved config is printed at the start
+    assert "max_steps 30;" in out and "full config: " in out  # a one-line summary, not the whole config
+    assert '"max_steps": 30' not in out
     assert "sample:\nThe cat" in out
 
     evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
