@@ -3,15 +3,17 @@ the first start, with the fix; a restarted worker group resumes from the newest 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from launch_support import Launched, assert_finished, complete_checkpoints, launch_env, write_tiny_config
-from test_launch_torchrun import _worker_pids
+from launch_support import (
+    assert_finished,
+    kill_a_worker_after_the_first_checkpoint,
+    launch_env,
+    write_tiny_config,
+)
 
 from dist_llm.config import ConfigError, RunConfig
 from dist_llm.elastic import FRESH_STORE_VAR, check_restartable, resume_after_restart
@@ -103,17 +105,9 @@ def test_a_killed_worker_under_plain_torchrun_resumes_and_completes_the_run(tmp_
     config = write_tiny_config(tmp_path, max_steps=max_steps, checkpoint_interval=10)
     run_dir = tmp_path / "run"
     # The documented setting, and no --resume: the restarted group must resume by itself.
-    job = Launched(_torchrun("--config", str(config), f"--run.dir={run_dir}"), tmp_path / "torchrun.log",
-                   launch_env(**{FRESH_STORE_VAR: "1"}))
-    try:
-        job.wait_until(lambda: complete_checkpoints(run_dir), timeout=180, what="first checkpoint")
-        killed_after = max(complete_checkpoints(run_dir))
-        os.kill(_worker_pids(job.proc.pid)[1], signal.SIGKILL)
-        assert job.wait(timeout=240) == 0, job.output()[-4000:]
-    finally:
-        job.cleanup()
-    output = job.output()
-    assert killed_after < max_steps, "the run ended before the worker could be killed"
+    output, killed_after = kill_a_worker_after_the_first_checkpoint(
+        _torchrun("--config", str(config), f"--run.dir={run_dir}"), run_dir, tmp_path / "torchrun.log",
+        launch_env(**{FRESH_STORE_VAR: "1"}), max_steps)
     assert "elastic restart 1 of at most 1: resuming from the newest complete checkpoint" in output
     resumed = [line for line in output.splitlines() if line.startswith("resume: continuing from")]
     assert len(resumed) == 1 and int(resumed[0].rsplit("step_", 1)[1][:8]) >= killed_after, output[-4000:]
