@@ -19,13 +19,14 @@ from dist_llm.config import ConfigError
 
 def launch_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(global rank, local rank) from torchrun's or srun's variables: usable before the process group
-    forms. (0, 0) for a single process, or a value that is not a number (the launch check reports it)."""
+    forms. (0, 0) for a single process; a value that is not a number counts as 0 (the launch check
+    reports it); without a local rank, the rank stands for it."""
     env = os.environ if env is None else env
-    names = (("RANK", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_LOCALID"))
-    for rank_var, local_var in names:
+    for rank_var, local_var in (("RANK", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_LOCALID")):
         if rank_var in env:
-            values = env.get(rank_var, "0"), env.get(local_var, "0")
-            return tuple(int(v) if v.isdigit() else 0 for v in values)  # type: ignore[return-value]
+            rank = int(env[rank_var]) if env[rank_var].isdigit() else 0
+            local = env.get(local_var, str(rank))
+            return rank, int(local) if local.isdigit() else 0
     return 0, 0
 
 

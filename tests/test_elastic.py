@@ -61,6 +61,7 @@ def test_every_rank_reports_its_errors_and_a_config_error_once_per_node():
     node1 = {"RANK": "2", "LOCAL_RANK": "0"}
     assert launch_ranks(node1) == (2, 0)
     assert launch_ranks({"SLURM_PROCID": "3", "SLURM_LOCALID": "1"}) == (3, 1)
+    assert launch_ranks({"SLURM_PROCID": "3"}) == (3, 3) and launch_ranks({}) == (0, 0)
     assert error_line(RuntimeError("boom"), {"RANK": "0"}) == "error: boom"
     assert error_line(RuntimeError("boom"), {"RANK": "3", "LOCAL_RANK": "1"}).startswith("error (rank 3 on ")
     assert error_line(ConfigError("bad key"), node1).endswith(": bad key")  # node 1's log shows it too
