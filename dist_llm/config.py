@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunSection:
     dir: str = "runs/tiny"  # run directory: config.json, metrics.jsonl, checkpoints/, final model
-    seed: int = 1337
+    seed: int = 1337  # seeds the initial weights, data order and sampling
     resume: str = ""  # "" (start fresh), "auto" (newest complete checkpoint in dir) or a checkpoint path
     cache_dir: str = "data_cache"  # tokenizers and token files, reused across runs
     init_from: str = ""  # continue pretraining from these weights (run dir, checkpoint dir, import-hf output)
@@ -43,15 +43,15 @@ class RunSection:
 @dataclass
 class ModelSection:
     # Field names are exactly dist_llm.model.ModelConfig's, so the section converts directly.
-    vocab_size: int = 2048
-    context_length: int = 128
-    d_model: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    d_ff: int = 384
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    attn_impl: str = "sdpa"
+    vocab_size: int = 2048  # embedding rows; a trained tokenizer gets this many tokens
+    context_length: int = 128  # tokens per training window (and the longest generation context)
+    d_model: int = 128  # width of the residual stream
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads; d_model / num_heads must be even
+    d_ff: int = 384  # hidden width of the SwiGLU feed-forward layer
+    rope_theta: float = 10000.0  # RoPE base frequency
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    attn_impl: str = "sdpa"  # sdpa (torch's fused attention) | reference (written out, for checking)
     fused_ops: bool = True  # torch's fused RMSNorm/SiLU/embedding/RoPE kernels; False = from-scratch layers
     doc_masking: bool = False  # attend only within each document of a packed window (<|endoftext|> ends one)
     doc_positions: bool = False  # with doc_masking: RoPE positions restart at each document
@@ -60,9 +60,9 @@ class ModelSection:
 @dataclass
 class TokenizerSection:
     path: str = ""  # an existing tokenizer (dir or json); empty = train one with model.vocab_size
-    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])  # never split by BPE
     train_max_bytes: int = 0  # train BPE on at most this many bytes of the corpus (0 = all)
-    num_workers: int = 0  # 0 = one per CPU core
+    num_workers: int = 0  # tokenizer training processes; 0 = one per CPU core
 
 
 @dataclass
@@ -78,7 +78,7 @@ class SourceSection:
 @dataclass
 class DataSection:
     inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
-    val_fraction: float = 0.02
+    val_fraction: float = 0.02  # share of the documents held out for validation
     num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
     text_field: str = "text"  # the JSONL field / Parquet column holding each document's text
     skip_bad_records: bool = False  # skip and count bad JSONL lines / Parquet rows instead of stopping
@@ -89,14 +89,14 @@ class DataSection:
 @dataclass
 class OptimSection:
     impl: str = "torch"  # "torch" (fused on CUDA and CPU, foreach elsewhere) or "dist_llm" (our AdamW)
-    max_lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 10
+    max_lr: float = 3e-3  # learning rate after warmup
+    min_lr: float = 3e-4  # learning rate at the end of the cosine decay
+    warmup_steps: int = 10  # linear warmup from 0 to max_lr over this many steps
     decay_steps: int = 0  # cosine decay ends here; 0 = at the end of the run (set it to extend a run later)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still computed and logged)
 
 
@@ -104,9 +104,9 @@ class OptimSection:
 class TrainSection:
     global_batch_tokens: int = 4096  # tokens per optimizer step, over all ranks and micro-steps
     micro_batch_size: int = 32  # sequences per rank per forward/backward
-    max_steps: int = 120  # run length: give max_steps, max_tokens or num_epochs;
-    max_tokens: int = 0  # if several are given the run stops at the first one reached
-    num_epochs: float = 0.0
+    max_steps: int = 120  # optimizer steps; with max_tokens/num_epochs, the first limit reached ends the run
+    max_tokens: int = 0  # run length in training tokens (0 = not set)
+    num_epochs: float = 0.0  # run length in passes over the training split (0 = not set)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
     compile: bool = False  # whole model under ddp; each block (regional) with fsdp/hsdp or checkpointing
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every ac_every-th)
@@ -118,17 +118,17 @@ class TrainSection:
 class EvalSection:
     interval: int = 20  # evaluate every N steps (0 = only at the end) and at the end of each epoch
     num_windows: int = 64  # fixed validation windows, spread evenly over the validation split
-    batch_size: int = 32
-    sample_prompt: str = "The "
-    sample_tokens: int = 64
-    temperature: float = 0.8
+    batch_size: int = 32  # validation windows per forward pass
+    sample_prompt: str = "The"  # the sample at the end continues this text
+    sample_tokens: int = 64  # length of that sample in tokens (0 = no sample)
+    temperature: float = 0.8  # sampling temperature of the sample (0 = greedy)
     top_k: int = 40  # 0 = no top-k filtering
 
 
 @dataclass
 class CheckpointSection:
     interval: int = 0  # write every N steps (0 = only at the end)
-    keep_last: int = 2
+    keep_last: int = 2  # older complete checkpoints are deleted
     format: str = "auto"  # auto (full with ddp, sharded with fsdp/hsdp) | full (rank 0 writes) | sharded
     async_save: bool = False  # sharded only: training goes on while the checkpoint is written
 
@@ -136,17 +136,17 @@ class CheckpointSection:
 @dataclass
 class LogSection:
     interval: int = 10  # steps between metrics.jsonl lines
-    progress_bar: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "dist_llm"
+    progress_bar: bool = True  # a live progress bar on rank 0's stderr
+    tensorboard: bool = False  # also log to RUN/tensorboard (needs tensorboard)
+    wandb: bool = False  # also log to Weights & Biases (needs wandb)
+    wandb_project: str = "dist_llm"  # the W&B project
 
 
 @dataclass
 class DistSection:
     device: str = "auto"  # auto (cuda > mps > cpu) | cuda | mps | cpu
     backend: str = "auto"  # auto (nccl on CUDA, gloo otherwise) | nccl | gloo
-    timeout_s: int = 1800
+    timeout_s: int = 1800  # seconds a collective may wait for the other ranks before failing
     strategy: str = "ddp"  # ddp (whole model per rank) | fsdp (shard params, grads, optimizer) | hsdp
     shard_group_size: int = 0  # hsdp: ranks per sharding group (0 = GPUs per node, LOCAL_WORLD_SIZE)
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered params after forward (less memory)
@@ -453,25 +453,11 @@ def _validate_sources(data: DataSection) -> None:
                  f"got {source.val_fraction}")
 
 
-USAGE = """usage: python -m dist_llm.train [--config FILE.toml] [--resume auto|PATH] [--SECTION.KEY=VALUE ...]
-
-Without --config, configs/tiny.toml (the CPU demo) is used. Keys and their defaults:
-"""
-
-
-def _cli_text(value: Any) -> str:
-    """A default as it would be typed on the command line."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(f'"{v}"' for v in value) + "]" if value else "[]"
-    return str(value) if value != "" else "''"
-
-
 def usage() -> str:
-    defaults = RunConfig().to_dict()
-    lines = [f"  --{key}={_cli_text(defaults[key.split('.')[0]][key.split('.')[1]])}" for key in all_keys()]
-    return USAGE + "\n".join(lines)
+    """The --help text (it lives in config_help.py, with the key descriptions)."""
+    from dist_llm.config_help import usage as help_text
+
+    return help_text()
 
 
 def parse_args(argv: list[str]) -> RunConfig:

@@ -1,12 +1,17 @@
-"""Loss, perplexity and bits per byte of a trained model over a whole prepared split (every window).
+"""Loss, perplexity and bits per byte of a trained model over text files or a prepared split (every window).
 
+    python -m dist_llm.evaluate --run runs/small --data heldout.txt more.jsonl
     python -m dist_llm.evaluate --run runs/small --data data/stdlib --split val
     torchrun --nproc_per_node 8 -m dist_llm.evaluate --run-dir runs/small --data data/stdlib --split train
+
+Text and JSONL files are tokenized with the model's tokenizer into a cache (--cache-dir; reused while
+the files and the tokenizer are unchanged) and evaluated whole; see dist_llm/eval_data.py.
 
 Under torchrun (or srun) each rank takes a disjoint share of the windows (rank r: windows r, r + world,
 r + 2*world, ...) and the sums are all-reduced, so the result is the same for any number of ranks.
 (Under torchrun spell --run as --run-dir: torchrun reads a bare --run as its own --run-path.)
-Rank 0 prints a short table and writes the numbers as JSON (default: DIR/eval_SPLIT.json).
+Rank 0 prints a short table and writes the numbers as JSON, named after the data evaluated (default:
+DIR/eval_NAME.json, NAME being the file's stem, or the data dir's name and the split).
 
 Bits per byte follows the trainer's val_bpb: the summed loss in nats over all target tokens, divided by
 ln 2 and by the UTF-8 bytes those targets stand for (special tokens count 0 bytes: they are not text).
@@ -16,6 +21,7 @@ Unlike loss per token, it does not depend on the tokenizer, so runs with differe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -31,6 +37,7 @@ from dist_llm import distributed
 from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data import DataError, MemmapTokens
 from dist_llm.data.documents import document_ids
+from dist_llm.eval_data import EvalData, is_prepared, resolve_eval_data
 from dist_llm.model import TransformerLM
 from dist_llm.pretrained import PretrainedError, load_pretrained
 from dist_llm.tokenizer import Tokenizer
@@ -106,8 +113,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    header = ("split", "windows", "tokens", "loss", "perplexity", "bits/byte")
-    row = (result["split"], f"{result['windows']:,}", f"{result['tokens']:,}", f"{result['loss']:.4f}",
+    header = ("data", "windows", "tokens", "loss", "perplexity", "bits/byte")
+    row = (result["name"], f"{result['windows']:,}", f"{result['tokens']:,}", f"{result['loss']:.4f}",
            f"{result['perplexity']:.2f}", f"{result['bits_per_byte']:.4f}")  # fmt: skip
     widths = [max(len(h), len(v)) for h, v in zip(header, row, strict=True)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -124,15 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--run", "--run-dir", dest="run",
                        help="run directory (final model, else its newest complete checkpoint)")
     where.add_argument("--checkpoint", help="checkpoint directory (RUN/checkpoints/step_N)")
-    parser.add_argument("--data", required=True, help="prepared data dir (python -m dist_llm.data.prepare)")
-    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="text/JSONL files (or directories, globs), or a prepared data dir "
+                             "(python -m dist_llm.data.prepare)")
+    parser.add_argument("--split", default=None, help="split of a prepared data dir (default: val)")
+    parser.add_argument("--cache-dir", default="data_cache",
+                        help="where text inputs are tokenized to (default: data_cache, as the trainer)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     parser.add_argument("--context-length", type=int, default=None,
                         help="window length (default and maximum: the model's context_length)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="compute dtype (bfloat16 autocasts the matmuls; default float32)")
     parser.add_argument("--device", default="auto", help="auto (this rank's GPU > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--out", help="JSON file to write (default: DIR/eval_SPLIT.json)")
+    parser.add_argument("--out", help="JSON file to write (default: DIR/eval_NAME.json)")
     return parser
 
 
@@ -147,7 +158,10 @@ def run_evaluation(args: argparse.Namespace, ctx: distributed.DistContext) -> di
             f"--context-length {context_length} must be in [1, {model.config.context_length}] "
             f"(the model's context_length)"
         )
-    dataset = MemmapTokens(args.data, args.split, context_length, tokenizer.fingerprint)
+    found = distributed.on_main_rank(  # rank 0 tokenizes text inputs; every rank then reads the tokens
+        lambda: dataclasses.asdict(resolve_eval_data(args.data, args.split, tokenizer, args.cache_dir)))
+    data = EvalData(**found)
+    dataset = MemmapTokens(data.data_dir, data.split, context_length, tokenizer.fingerprint)
     sums = evaluate_windows(
         model, dataset, token_byte_lengths(tokenizer, model.config.vocab_size), batch_size=args.batch_size,
         rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, dtype=getattr(torch, args.dtype),
@@ -157,8 +171,10 @@ def run_evaluation(args: argparse.Namespace, ctx: distributed.DistContext) -> di
     sums = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys]), strict=True))
     return {
         "model_dir": str(source.model_dir),
-        "data": str(args.data),
-        "split": args.split,
+        "name": data.name,
+        "data": data.inputs,
+        "split": data.split if is_prepared(data.inputs) else None,
+        "tokens_dir": data.data_dir,
         "context_length": context_length,
         "windows": int(sums["windows"]),
         "tokens": int(sums["tokens"]),
@@ -174,7 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out) if args.out else Path(args.run or args.checkpoint) / f"eval_{args.split}.json"
     try:
         with distributed.distributed_context(device=args.device, device_option="--device") as ctx:
             result = run_evaluation(args, ctx)
@@ -182,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if ctx.is_main:
+        default = Path(args.run or args.checkpoint) / f"eval_{result['name']}.json"
+        out = Path(args.out) if args.out else default
         atomic_write_json(out, result)
         print(format_table(result))
         print(f"wrote {out}")

@@ -180,4 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dist_llm.cli_pipes import exit_code_in_a_pipe
+
+    sys.exit(exit_code_in_a_pipe(main))  # `| head` ends generation quietly

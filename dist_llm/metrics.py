@@ -138,11 +138,30 @@ def make_hooks(tensorboard: bool, wandb: bool, wandb_project: str, run_dir: Path
 
 
 def progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    """A tqdm bar on the main rank; a do-nothing stand-in elsewhere."""
+    """A tqdm bar on the main rank; a do-nothing stand-in elsewhere. Print through console_line while
+    it is live: a plain print would leave a frozen copy of the bar behind."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step",
                 file=sys.stderr, leave=True)
+
+
+def console_line(message: str) -> None:
+    """print() for the trainer's messages (stdout): above the live progress bar, which tqdm.write clears
+    first and redraws after, so the screen keeps one bar below the lines; a plain print without a bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
+def config_summary(cfg: Any) -> str:
+    """One line for the screen; the resolved config itself goes to RUN/config.json."""
+    m, t = cfg.model, cfg.train
+    lengths = (("max_steps", t.max_steps), ("max_tokens", t.max_tokens), ("num_epochs", t.num_epochs))
+    length = ", ".join(f"{name} {value:g}" for name, value in lengths if value)
+    return (f"model {m.num_layers} layers x {m.d_model} (context {m.context_length}, vocab {m.vocab_size}); "
+            f"{length}; {t.global_batch_tokens:,} tokens per step; {t.precision}; "
+            f"full config: {Path(cfg.run.dir) / 'config.json'}")
 
 
 def format_postfix(record: dict[str, Any]) -> dict[str, str]:

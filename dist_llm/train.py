@@ -19,9 +19,7 @@ if __name__ == "__main__":
 import contextlib
 import dataclasses
 import functools
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,8 @@ from dist_llm.distributed import DistContext, DistributedError, distributed_cont
 from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
     MetricsLog,
+    config_summary,
+    console_line,
     format_postfix,
     make_hooks,
     mfu,
@@ -78,6 +78,10 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     """
     launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
     with launch as ctx, contextlib.ExitStack() as cleanup:
+        if not ctx.is_main:  # rank 0 reports the run; the others say they joined (one line each)
+            from dist_llm.rank_messages import ready_line
+
+            print(ready_line(ctx.rank), flush=True)
         if stop is None:
             stop = cleanup.enter_context(StopRequest())
         # A separate frame: when it returns, DDP (whose reducer holds the process group and, through it,
@@ -118,7 +122,7 @@ def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
 def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
     with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
-        say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
+        say = console_line if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
         run_dir = Path(cfg.run.dir)
@@ -132,8 +136,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer,
                                                                          path=init_source["tokenizer_dir"]))
         config_dict = cfg.to_dict()
-        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}, strategy {strategy}; resolved config:\n"
-            + json.dumps(config_dict, indent=2))
+        say(f"dist_llm.train: {ctx.world_size} rank(s) on {device}, strategy {strategy}; "
+            + config_summary(cfg))
         # Which checkpoint to resume from, decided by rank 0 before any work (it may fall back past
         # broken ones, and rejects one whose model differs from this config).
         chosen = distributed.on_main_rank(lambda: choose_checkpoint(cfg, say))
@@ -242,7 +246,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             if log:
                 log.write({"step": at_step, "tokens": counters["tokens"], **last_eval,
                            "time_s": time.perf_counter() - run_start})
-            say(f"\nstep {at_step}: {format_eval(last_eval)}")
+            say(f"step {at_step}: {format_eval(last_eval)}")
             window_start += time.perf_counter() - started  # evaluation time is not training throughput
 
         def save_checkpoint(at_step: int, lr: float) -> None:
@@ -251,7 +255,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                         "decay_steps": plan.decay_steps}
             path = writer.save(at_step, par, optimizer, trainer_state_dict(
                 at_step, counters, loader, scaler, tokenizer.fingerprint, schedule))
-            say(f"\ncheckpoint: {path}" + (" (written in the background)" if writer.asynchronous else ""))
+            say(f"checkpoint: {path}" + (" (written in the background)" if writer.asynchronous else ""))
 
         if log and chosen:
             log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
@@ -286,7 +290,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                         f"{run_dir / 'checkpoints'} is untouched. Lower optim.max_lr, or set "
                         f"train.skip_nonfinite=N to skip up to N such steps")
                 counters["nonfinite_skipped"] += 1
-                say(f"\nstep {step + 1}: non-finite loss, update skipped "
+                say(f"step {step + 1}: non-finite loss, update skipped "
                     f"({counters['nonfinite_skipped']}/{cfg.train.skip_nonfinite})")
                 continue
             scaler.step(optimizer)
@@ -388,18 +392,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], stop: StopRequest) -> int:
+    from dist_llm import elastic, rank_messages
     from dist_llm.data import DataError
     from dist_llm.tokenizer import TokenizerError
 
     try:
         cfg = parse_args(argv)
+        # Under torchrun --max-restarts: refused now if a restart would hang; a restart resumes.
+        cfg = elastic.prepare(cfg, say=print if rank_messages.launch_ranks()[0] == 0 else lambda _: None)
         train(cfg, stop)
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
-        # Every rank parses the same command line: one copy of a config error is enough (rank 0's; the
-        # process group does not exist yet, so the rank comes from torchrun's or srun's variables).
-        rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-        if not isinstance(e, ConfigError) or rank == "0":
-            print(f"error: {e}", file=sys.stderr)
+        # Every rank reports (the process group may not exist yet: the rank comes from the launcher's
+        # variables); a config error, the same everywhere, once per node (see dist_llm/rank_messages.py).
+        if (line := rank_messages.error_line(e)) is not None:
+            print(line, file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:  # a second Ctrl-C (see dist_llm/training/signals.py)
         print("aborted by Ctrl-C; --resume auto continues from the newest complete checkpoint",

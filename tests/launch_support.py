@@ -156,6 +156,36 @@ class Launched:
         kill_tree(self.proc)
 
 
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """LOCAL_RANK -> pid of torchrun's worker processes (its children with LOCAL_RANK set)."""
+    workers = {}
+    for pid in child_pids(launcher_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"LOCAL_RANK="):
+                workers[int(item.split(b"=", 1)[1])] = pid
+    return workers
+
+
+def kill_a_worker_after_the_first_checkpoint(cmd: list[str], run_dir: Path, log: Path, env: dict[str, str],
+                                             max_steps: int) -> tuple[str, int]:
+    """Launch torchrun (2 workers, restarts allowed), SIGKILL its local rank 1 once a checkpoint is
+    complete, and wait for the launcher to exit 0; returns its output and the step of that checkpoint."""
+    job = Launched(cmd, log, env)
+    try:
+        job.wait_until(lambda: complete_checkpoints(run_dir), timeout=180, what="first checkpoint")
+        killed_after = max(complete_checkpoints(run_dir))
+        os.kill(worker_pids(job.proc.pid)[1], signal.SIGKILL)
+        assert job.wait(timeout=240) == 0, job.output()[-4000:]
+    finally:
+        job.cleanup()
+    assert killed_after < max_steps, "the run ended before the worker could be killed"
+    return job.output(), killed_after
+
+
 def trained_steps(run_dir: Path) -> list[int]:
     """The steps with a train_loss line in RUN/metrics.jsonl, in file order."""
     path = run_dir / "metrics.jsonl"

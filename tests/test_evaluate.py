@@ -65,7 +65,7 @@ def test_matches_window_by_window_reference(setup, tmp_path, capsys, split):
 def test_default_output_is_in_the_run_dir_and_shorter_windows_work(setup, capsys):
     run, data, model, tokenizer = setup
     assert main(["--run", str(run), "--data", str(data), "--context-length", "8", "--device", "cpu"]) == 0
-    result = json.loads((run / "eval_val.json").read_text())
+    result = json.loads((run / "eval_data_val.json").read_text())
     assert result["context_length"] == 8
     assert result["loss"] == pytest.approx(reference(model, tokenizer, data, "val", 8)["loss"], rel=1e-5)
 

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_ranks
-from launch_support import Launched, complete_checkpoints, launch_env, trainer_state, write_tiny_config
+from launch_support import (
+    Launched,
+    complete_checkpoints,
+    launch_env,
+    trainer_state,
+    worker_pids,
+    write_tiny_config,
+)
 from safetensors.torch import load_file
 from trainer_runs import final_weights, read_jsonl, tiny_train_args, train_losses
 
@@ -147,21 +154,6 @@ def test_full_format_and_activation_checkpointing_under_fsdp(tiny_data, tmp_path
             torch.testing.assert_close(sharded_opt["state"][index][name], tensor, rtol=1e-4, atol=1e-6)
 
 
-def _worker_pids(launcher_pid: int) -> dict[int, int]:
-    from launch_support import child_pids
-
-    workers = {}
-    for pid in child_pids(launcher_pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"LOCAL_RANK="):
-                workers[int(item.split(b"=", 1)[1])] = pid
-    return workers
-
-
 def _torchrun(tmp_path: Path, config: Path, run_dir: Path, *extra: str, env: dict | None = None) -> Launched:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "dist_llm.train", "--config", str(config), f"--run.dir={run_dir}", "--dist.strategy=fsdp",
@@ -177,7 +169,7 @@ def test_sigusr1_under_fsdp_leaves_a_complete_sharded_checkpoint(tmp_path):
     try:
         job.wait_until(lambda: (run_dir / "metrics.jsonl").is_file()
                        and '"train_loss"' in (run_dir / "metrics.jsonl").read_text(), 240, "a training step")
-        os.kill(_worker_pids(job.proc.pid)[1], signal.SIGUSR1)  # one rank: the others stop with it
+        os.kill(worker_pids(job.proc.pid)[1], signal.SIGUSR1)  # one rank: the others stop with it
         assert job.wait(timeout=180) == 0, job.output()[-4000:]
     finally:
         job.cleanup()

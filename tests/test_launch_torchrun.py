@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,9 @@ from launch_support import (
     REPO,
     Launched,
     assert_finished,
-    child_pids,
     complete_checkpoints,
     free_port,
+    kill_a_worker_after_the_first_checkpoint,
     launch_env,
     trainer_state,
     write_tiny_config,
@@ -59,36 +58,14 @@ def test_two_nodes_meet_at_a_c10d_rendezvous(tmp_path: Path) -> None:
     assert len(trainer_state(complete_checkpoints(run_dir)[4])["rng"]) == 2
 
 
-def _worker_pids(launcher_pid: int) -> dict[int, int]:
-    """LOCAL_RANK -> pid of torchrun's worker processes (its children with LOCAL_RANK set)."""
-    workers = {}
-    for pid in child_pids(launcher_pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"LOCAL_RANK="):
-                workers[int(item.split(b"=", 1)[1])] = pid
-    return workers
-
-
 def test_elastic_restart_resumes_from_the_newest_checkpoint(tmp_path: Path) -> None:
     max_steps = 160
     config = write_tiny_config(tmp_path, max_steps=max_steps, checkpoint_interval=10)
     run_dir = tmp_path / "run"
     env = launch_env(NPROC_PER_NODE="2", PET_MAX_RESTARTS="1")
-    job = Launched(["bash", "launch/torchrun.sh", "--config", str(config), f"--run.dir={run_dir}"],
-                   tmp_path / "torchrun.log", env)
-    try:
-        job.wait_until(lambda: complete_checkpoints(run_dir), timeout=180, what="first checkpoint")
-        killed_after = max(complete_checkpoints(run_dir))
-        os.kill(_worker_pids(job.proc.pid)[1], signal.SIGKILL)
-        assert job.wait(timeout=240) == 0, job.output()[-4000:]
-    finally:
-        job.cleanup()
-    output = job.output()
-    assert killed_after < max_steps, "the run ended before the worker could be killed"
+    output, killed_after = kill_a_worker_after_the_first_checkpoint(
+        ["bash", "launch/torchrun.sh", "--config", str(config), f"--run.dir={run_dir}"], run_dir,
+        tmp_path / "torchrun.log", env, max_steps)
     # Two worker groups: the first started fresh, the restarted one resumed from a checkpoint at or
     # after the one that existed when its worker was killed.
     resume_lines = [line for line in output.splitlines() if line.startswith("resume:")]

@@ -29,7 +29,8 @@ def test_default_command_end_to_end(tiny_data, tmp_path):
     proc = _run(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert '"max_steps": 30' in out  # the resolved config is printed at the start
+    assert "max_steps 30;" in out and "full config: " in out  # a one-line summary, not the whole config
+    assert '"max_steps": 30' not in out
     assert "sample:\nThe cat" in out
 
     evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
@@ -92,7 +93,7 @@ def test_help_lists_every_key_with_a_typeable_default(capsys):
     assert main(["--help"]) == 0
     lines = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
     assert len(lines) == len(all_keys())
-    shown = [line.replace("=''", "=") for line in lines]  # what the shell passes for ''
+    shown = [line.split("  ")[0].replace("=''", "=") for line in lines]  # '' is what the shell passes
     assert parse_args(shown) == parse_args([])  # the listed defaults parse back to the defaults
 
 
