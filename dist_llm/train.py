@@ -51,7 +51,9 @@ from dist_llm.training.evaluation import ValidationWindows
 from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
 from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
-from dist_llm.training.plan import make_plan
+from dist_llm.training.plan import make_plan, split_batch
+from dist_llm.training.preflight import PreflightError, check_run_setup
+from dist_llm.training.run_lock import RunLockError
 from dist_llm.training.signals import StopRequest
 from dist_llm.training.state import (
     CheckpointWriter,
@@ -115,6 +117,11 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
+        batch_note = split_batch(cfg, ctx.world_size).note  # batch arithmetic: the world size is enough
+        if batch_note:
+            say(batch_note)
+        # Writable run and cache dirs, and this run dir's lock (held until the end: one trainer per run dir)
+        check_run_setup(cfg, cleanup)
         run_dir = Path(cfg.run.dir)
         # Continued pretraining: the source is checked before any work, and its tokenizer becomes the
         # run's (also on a resume, which must find the tokenizer the checkpoint was trained with).
@@ -298,6 +305,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                 record = {"step": step, "tokens": counters["tokens"],
                           "train_loss": distributed.all_reduce_mean(window_loss / window_steps),
+                          "steps": window_steps,  # train_loss averages these (fewer after a resume)
                           "lr": lr, "grad_norm": norm_value, "tokens_per_s": tokens_per_s,
                           "mfu": mfu(flops_per_token, tokens_per_s / ctx.world_size, peak),
                           "peak_mem_mb": peak_memory_mb(device), "time_s": now - run_start}
@@ -373,7 +381,8 @@ def _main(argv: list[str], stop: StopRequest) -> int:
     try:
         cfg = parse_args(argv)
         train(cfg, stop)
-    except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
+    except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError,
+            PreflightError, RunLockError) as e:
         # Every rank parses the same command line: one copy of a config error is enough (rank 0's; the
         # process group does not exist yet, so the rank comes from torchrun's or srun's variables).
         rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
