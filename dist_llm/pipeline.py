@@ -9,10 +9,13 @@ so changing the corpus or a tokenizer setting builds new ones and leaves the old
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dist_llm import distributed
@@ -79,16 +82,34 @@ def build_tokenizer(cfg: RunConfig, files: list[Path]) -> Path:
     if (out_dir / "dist_llm_tokenizer.json").is_file():
         print(f"tokenizer: reusing {out_dir}")
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
-    print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
-    workers = cfg.tokenizer.num_workers or None
-    vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
-                              cfg.tokenizer.special_tokens, num_workers=workers)
-    Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
+    with removed_on_failure(out_dir):
+        sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
+        print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
+        workers = cfg.tokenizer.num_workers or None
+        vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
+                                  cfg.tokenizer.special_tokens, num_workers=workers)
+        Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
     (out_dir / "training_sample.txt").unlink(missing_ok=True)
     atomic_write_json(out_dir / "settings.json", settings)
     return out_dir
+
+
+@contextlib.contextmanager
+def removed_on_failure(out_dir: Path) -> Iterator[None]:
+    """Create out_dir (and its missing parents) for a cache entry; if the block fails (bad input), remove
+    what was created, so a failed run leaves nothing behind. Only directories this call created, and of
+    those only empty ones above out_dir: another run may be filling the cache next to it."""
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except Exception:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            for parent in created[1:]:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # fails when not empty: someone else's entry is there
+        raise
 
 
 def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -> Path:
@@ -97,8 +118,9 @@ def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer) -
     key = {"inputs": _inputs_key(files), "tokenizer": tokenizer.fingerprint,
            "val_fraction": cfg.data.val_fraction}
     out_dir = Path(cfg.run.cache_dir) / "tokens" / _digest(key)
-    prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
-                   val_fraction=cfg.data.val_fraction, separator=SEPARATOR, progress=False)
+    with removed_on_failure(out_dir):
+        prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
+                       val_fraction=cfg.data.val_fraction, separator=SEPARATOR, progress=False)
     return out_dir
 
 
