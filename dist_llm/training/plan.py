@@ -49,7 +49,7 @@ def split_batch(cfg: RunConfig, world_size: int) -> BatchSplit:
         micro = max(b for b in range(1, min(micro, per_rank) + 1) if per_rank % b == 0)
         note = (f"note: train.micro_batch_size={t.micro_batch_size} does not fit each rank's share of "
                 f"the global batch ({seqs} sequences / {world_size} ranks = {per_rank}); using {micro} "
-                f"per micro-step ({per_rank // micro} accumulation steps), the same optimisation")
+                f"per micro-step, {per_rank // micro} accumulation step(s): the same optimisation")
     return BatchSplit(micro, per_rank // micro, seqs, note)
 
 
