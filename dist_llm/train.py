@@ -112,14 +112,22 @@ def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
 
 
 def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
+    from dist_llm.model import ModelConfig
+
     with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
         say = print if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
-        batch_note = split_batch(cfg, ctx.world_size).note  # batch arithmetic: the world size is enough
-        if batch_note:
-            say(batch_note)
+        split = split_batch(cfg, ctx.world_size)  # batch arithmetic: the world size is enough
+        if split.note:
+            say(split.note)
+        # The memory plan needs the model config and the micro-batch only: a run that cannot fit stops now
+        model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
+        par_cfg = _parallelism(cfg)
+        memory = _memory_plan(model_cfg, par_cfg, strategy, ctx.world_size, split.micro_batch_size,
+                              cfg.train.precision)
+        check_fits(memory, device, strategy, cfg.train.activation_checkpointing)
         # Writable run and cache dirs, and this run dir's lock (held until the end: one trainer per run dir)
         check_run_setup(cfg, cleanup)
         run_dir = Path(cfg.run.dir)
@@ -150,7 +158,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import MemmapTokens, ShardedBatchLoader
-        from dist_llm.model import ModelConfig, TransformerLM
+        from dist_llm.model import TransformerLM
         from dist_llm.pipeline import prepare_data
 
         tokenizer, data_dir = prepare_data(cfg)
@@ -167,12 +175,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- model: built on the meta device, laid over the ranks, then given memory and its initial
         # weights (the same on every rank and under every strategy, from the run's seed)
-        model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
-        par_cfg = _parallelism(cfg)
-        memory = _memory_plan(model_cfg, par_cfg, strategy, ctx.world_size, plan.micro_batch_size,
-                              cfg.train.precision)
         say(memory.summary())
-        check_fits(memory, device, strategy, cfg.train.activation_checkpointing)
         seed_everything(cfg.run.seed)
         par = parallelize(lambda: TransformerLM.from_config(model_cfg), par_cfg, ctx.world_size, device)
         model = par.model

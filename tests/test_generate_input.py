@@ -5,7 +5,7 @@ import io
 import sys
 
 import pytest
-from after_training_runs import END_OF_TEXT, make_checkpoint, make_run, random_model, train_tiny_tokenizer
+from after_training_runs import END_OF_TEXT, make_checkpoint, make_tiny_run
 
 from dist_llm.generate import main
 from dist_llm.model import generate
@@ -13,10 +13,7 @@ from dist_llm.model import generate
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("gen_input")
-    tokenizer = train_tiny_tokenizer(work)
-    model = random_model(tokenizer.vocab_size)
-    run_dir = make_run(work / "run", tokenizer, model)
+    run_dir, model, tokenizer = make_tiny_run(tmp_path_factory.mktemp("gen_input"))
     make_checkpoint(run_dir, 10, model)
     return run_dir, model, tokenizer
 
