@@ -96,3 +96,23 @@ def test_a_killed_trainer_leaves_no_lock_behind(tmp_path: Path) -> None:
         job.cleanup()
     with acquire_run_lock(run_dir):  # the OS released it with the process: no stale lock to remove
         assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_forked_worker_does_not_keep_the_lock(tmp_path: Path) -> None:
+    # A pool worker forked while the lock is held, and outliving its trainer, must not hold the run dir.
+    run_dir = tmp_path / "run"
+    lock = acquire_run_lock(run_dir)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: waits until the parent has released its lock, then exits
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    try:
+        os.close(read_end)
+        lock.release()
+        with acquire_run_lock(run_dir):  # free, although the worker is still alive
+            pass
+    finally:
+        os.close(write_end)
+        os.waitpid(child, 0)

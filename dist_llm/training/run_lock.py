@@ -27,6 +27,21 @@ from typing import Any
 LOCK_FILE = "train.lock"
 
 
+_held_fds: set[int] = set()  # this process's lock descriptors
+
+
+def _close_in_forked_child() -> None:
+    # A forked worker (the tokenizer's or the data preparation's pool) shares the lock's open file; one
+    # that outlived a killed trainer would keep the run dir locked. The child closes its copy at once.
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
 class RunLockError(RuntimeError):
     """The run directory is held by another trainer (the message names it and how to stop it)."""
 
@@ -78,6 +93,7 @@ class RunLock:
             with contextlib.suppress(OSError):
                 self.path.unlink()
                 run_dir.rmdir()
+        _held_fds.discard(self._fd)
         os.close(self._fd)  # closing the last descriptor releases the flock
         self._fd = -1
 
@@ -111,4 +127,5 @@ def acquire_run_lock(run_dir: str | Path) -> RunLock:
     # Ours now: record who holds it (rewritten in place, never replaced: the lock is on this inode).
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder_info(), indent=1) + "\n").encode(), 0)
+    _held_fds.add(fd)
     return RunLock(path, fd, created)
