@@ -101,18 +101,22 @@ def test_a_killed_trainer_leaves_no_lock_behind(tmp_path: Path) -> None:
 def test_a_forked_worker_does_not_keep_the_lock(tmp_path: Path) -> None:
     # A pool worker forked while the lock is held, and outliving its trainer, must not hold the run dir.
     run_dir = tmp_path / "run"
+    run_dir.mkdir()  # an existing run dir: the lock file stays when released
     lock = acquire_run_lock(run_dir)
-    read_end, write_end = os.pipe()
+    release_r, release_w = os.pipe()
+    started_r, started_w = os.pipe()
     child = os.fork()
-    if child == 0:  # the worker: waits until the parent has released its lock, then exits
-        os.close(write_end)
-        os.read(read_end, 1)
+    if child == 0:  # the worker: says it runs, waits until the parent has released its lock, exits
+        os.write(started_w, b"x")
+        os.read(release_r, 1)
         os._exit(0)
     try:
-        os.close(read_end)
+        os.read(started_r, 1)  # the worker is running (its fork hooks have run)
         lock.release()
         with acquire_run_lock(run_dir):  # free, although the worker is still alive
             pass
     finally:
-        os.close(write_end)
+        os.write(release_w, b"x")
         os.waitpid(child, 0)
+        for fd in (release_r, release_w, started_r, started_w):
+            os.close(fd)
