@@ -5,6 +5,7 @@ previous checkpoint; a checkpoint without its weights never gets a COMPLETE mani
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
 from pathlib import Path
@@ -124,6 +125,19 @@ def test_a_checkpoint_without_its_weights_is_never_marked_complete(tmp_path: Pat
     with pytest.raises(CheckpointError, match="holds no weights"):
         finalize_checkpoint(tmp, tmp_path, 5)
     assert not (tmp_path / "step_00000005").exists()
+
+
+def test_resume_auto_falls_back_past_a_manifest_without_the_weights(tmp_path: Path) -> None:
+    # what two trainers writing one run dir left behind: COMPLETE listing everything but model.safetensors
+    older, newer = _write(tmp_path, 1), _write(tmp_path, 2)
+    manifest = json.loads((newer / "COMPLETE").read_text())
+    (newer / MODEL_FILE).unlink()
+    for key in ("files", "sha256"):
+        del manifest[key][MODEL_FILE]
+    (newer / "COMPLETE").write_text(json.dumps(manifest))
+    said: list[str] = []
+    assert choose_checkpoint(_config(tmp_path, "auto"), said.append) == str(older)
+    assert said[0].startswith(f"resume: {newer / MODEL_FILE}: missing from the checkpoint")
 
 
 def test_training_stops_on_a_full_disk_with_the_previous_checkpoint_intact(tiny_data, tmp_path, monkeypatch,

@@ -334,6 +334,13 @@ def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> None:
             _verify_file(file, size, recorded.get(name))
         except OSError as e:  # unreadable (permissions, an I/O error, removed meanwhile): as bad as missing
             raise CheckpointError(f"{file}: cannot be read ({e.strerror or e})") from None
+    listed = manifest["files"]
+    weights = [MODEL_FILE] if manifest.get("format", "full") == "full" else \
+        [n for n in listed if n.endswith(".safetensors")][:1]
+    for name in (weights or ["shards/*.safetensors"]):
+        if name not in listed:  # a manifest written while another process deleted files mid-write
+            raise CheckpointError(f"{path / name}: missing from the checkpoint (its {COMPLETE} manifest does "
+                                  f"not list it)")
 
 
 def _verify_file(file: Path, size: int, sha256: str | None) -> None:
