@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--run", help="run directory (final model, else its newest complete checkpoint)")
     where.add_argument("--checkpoint", help="checkpoint directory (RUN/checkpoints/step_N)")
     parser.add_argument("--prompt", help="text to continue (default: interactive on a terminal, else stdin)")
+    parser.add_argument("--keep-newline", action="store_true",
+                        help="keep the newline that ends piped stdin (dropped by default: `echo` adds it)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
@@ -124,8 +126,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
 
-def _prompts(prompt: str | None) -> Iterator[str]:
-    """The --prompt; else one prompt per line typed at a terminal; else all of piped stdin as one prompt."""
+def _prompts(prompt: str | None, keep_newline: bool = False) -> Iterator[str]:
+    """The --prompt; else one prompt per line typed at a terminal; else all of piped stdin as one prompt,
+    without the one newline that ends it (`echo "Once upon" | ...` means "Once upon"), unless kept."""
     if prompt is not None:
         yield prompt
     elif sys.stdin.isatty():
@@ -138,7 +141,10 @@ def _prompts(prompt: str | None) -> Iterator[str]:
                 return
             yield line
     else:
-        yield sys.stdin.read()
+        text = sys.stdin.read()
+        if not keep_newline:
+            text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+        yield text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"loaded {source.model_dir} ({millions:.1f}M parameters) on {device}", file=sys.stderr)
 
     with torch.inference_mode():
-        for prompt in _prompts(args.prompt):
+        for prompt in _prompts(args.prompt, args.keep_newline):
             try:
                 ids = fit_context(prompt_ids(prompt, tokenizer), model.config.context_length)
             except ValueError as e:

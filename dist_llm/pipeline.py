@@ -16,10 +16,13 @@ source cannot crowd out the others; with no limit, on all of every source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +105,38 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
     if (out_dir / "dist_llm_tokenizer.json").is_file():
         print(f"tokenizer: reusing {out_dir}")
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if groups is None:
-        sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
-    else:
-        sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir)
-    print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
-    workers = cfg.tokenizer.num_workers or None
-    vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
-                              cfg.tokenizer.special_tokens, num_workers=workers)
-    Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
+    with removed_on_failure(out_dir):
+        if groups is None:
+            sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
+        else:
+            sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir)
+        print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
+        workers = cfg.tokenizer.num_workers or None
+        vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
+                                  cfg.tokenizer.special_tokens, num_workers=workers)
+        Tokenizer(vocab, merges, cfg.tokenizer.special_tokens).save(out_dir)  # atomic; its presence = done
     for leftover in out_dir.glob("training_sample*.txt"):
         leftover.unlink(missing_ok=True)
     atomic_write_json(out_dir / "settings.json", settings)
     return out_dir
+
+
+@contextlib.contextmanager
+def removed_on_failure(out_dir: Path) -> Iterator[None]:
+    """Create out_dir (and its missing parents) for a cache entry; if the block fails (bad input), remove
+    what was created, so a failed run leaves nothing behind. Only directories this call created, and of
+    those only empty ones above out_dir: another run may be filling the cache next to it."""
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except Exception:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            for parent in created[1:]:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # fails when not empty: someone else's entry is there
+        raise
 
 
 def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer,
@@ -125,9 +146,10 @@ def build_token_files(cfg: RunConfig, files: list[Path], tokenizer: Tokenizer,
     val_fraction = val_fraction or cfg.data.val_fraction
     key = {"inputs": _inputs_key(files), "tokenizer": tokenizer.fingerprint, "val_fraction": val_fraction}
     out_dir = Path(cfg.run.cache_dir) / "tokens" / _digest(key)
-    prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
-                   val_fraction=val_fraction, separator=SEPARATOR, text_field=cfg.data.text_field,
-                   skip_bad_records=cfg.data.skip_bad_records, progress=False)
+    with removed_on_failure(out_dir):
+        prepare_corpus(files, tokenizer, out_dir, workers=cfg.data.num_workers or None,
+                       val_fraction=val_fraction, separator=SEPARATOR, text_field=cfg.data.text_field,
+                       skip_bad_records=cfg.data.skip_bad_records, progress=False)
     return out_dir
 
 

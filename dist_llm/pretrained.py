@@ -64,10 +64,19 @@ def _tokenizer_dir_for(model_dir: Path) -> Path:
     )
 
 
+def _looks_like_run_dir(path: Path) -> bool:
+    """What the trainer writes into a run directory, and never into a checkpoint."""
+    return any((path / name).exists() for name in ("checkpoints", "metrics.jsonl", "tokenizer"))
+
+
 def resolve_checkpoint(checkpoint_dir: str | Path) -> ModelSource:
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
         raise PretrainedError(f"{ckpt}: checkpoint directory not found")
+    if not (ckpt / COMPLETE_MARKER).is_file() and _looks_like_run_dir(ckpt):
+        raise PretrainedError(
+            f"{ckpt}: is a run directory, not a checkpoint; pass it with --run (its final model, else its "
+            f"newest complete checkpoint), or give --checkpoint one of {ckpt / 'checkpoints'}/step_*")
     if not (ckpt / COMPLETE_MARKER).is_file():
         raise PretrainedError(
             f"{ckpt}: checkpoint is incomplete (no {COMPLETE_MARKER} marker); it was interrupted while being "

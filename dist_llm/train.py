@@ -53,7 +53,9 @@ from dist_llm.training.evaluation import format_eval, validation_windows
 from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
 from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
-from dist_llm.training.plan import make_plan
+from dist_llm.training.plan import make_plan, split_batch
+from dist_llm.training.preflight import PreflightError, check_run_setup
+from dist_llm.training.run_lock import RunLockError
 from dist_llm.training.signals import StopRequest
 from dist_llm.training.state import (
     CheckpointWriter,
@@ -120,11 +122,24 @@ def _check_layout(cfg: RunConfig, ctx: DistContext, say) -> tuple[str, str]:
 
 
 def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any]:
+    from dist_llm.model import ModelConfig
+
     with contextlib.ExitStack() as cleanup:
         device, main = ctx.device, ctx.is_main
         say = console_line if main else (lambda *args, **kwargs: None)  # other ranks stay quiet
         precision.check_precision(cfg.train.precision, device)
         strategy, checkpoint_fmt = _check_layout(cfg, ctx, say)
+        split = split_batch(cfg, ctx.world_size)  # batch arithmetic: the world size is enough
+        if split.note:
+            say(split.note)
+        # The memory plan needs the model config and the micro-batch only: a run that cannot fit stops now
+        model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
+        par_cfg = _parallelism(cfg)
+        memory = _memory_plan(model_cfg, par_cfg, strategy, ctx.world_size, split.micro_batch_size,
+                              cfg.train.precision)
+        check_fits(memory, device, strategy, cfg.train.activation_checkpointing)
+        # Writable run and cache dirs, and this run dir's lock (held until the end: one trainer per run dir)
+        check_run_setup(cfg, cleanup)
         run_dir = Path(cfg.run.dir)
         # Continued pretraining: the source is checked before any work, and its tokenizer becomes the
         # run's (also on a resume, which must find the tokenizer the checkpoint was trained with).
@@ -153,7 +168,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import ShardedBatchLoader
-        from dist_llm.model import ModelConfig, TransformerLM
+        from dist_llm.model import TransformerLM
         from dist_llm.pipeline import open_splits, prepare_sources
 
         tokenizer, data_dirs = prepare_sources(cfg)
@@ -169,12 +184,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- model: built on the meta device, laid over the ranks, then given memory and its initial
         # weights (the same on every rank and under every strategy, from the run's seed)
-        model_cfg = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
-        par_cfg = _parallelism(cfg)
-        memory = _memory_plan(model_cfg, par_cfg, strategy, ctx.world_size, plan.micro_batch_size,
-                              cfg.train.precision)
         say(memory.summary())
-        check_fits(memory, device, strategy, cfg.train.activation_checkpointing)
         seed_everything(cfg.run.seed)
         par = parallelize(lambda: TransformerLM.from_config(model_cfg), par_cfg, ctx.world_size, device)
         model = par.model
@@ -309,6 +319,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                 record = {"step": step, "tokens": counters["tokens"],
                           "train_loss": distributed.all_reduce_mean(window_loss / window_steps),
+                          "steps": window_steps,  # train_loss averages these (fewer after a resume)
                           "lr": lr, "grad_norm": norm_value, "tokens_per_s": tokens_per_s,
                           "mfu": mfu(flops_per_token, tokens_per_s / ctx.world_size, peak),
                           "peak_mem_mb": peak_memory_mb(device), "time_s": now - run_start}
@@ -401,7 +412,8 @@ def _main(argv: list[str], stop: StopRequest) -> int:
         # Under torchrun --max-restarts: refused now if a restart would hang; a restart resumes.
         cfg = elastic.prepare(cfg, say=print if rank_messages.launch_ranks()[0] == 0 else lambda _: None)
         train(cfg, stop)
-    except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError) as e:
+    except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError,
+            PreflightError, RunLockError) as e:
         # Every rank reports (the process group may not exist yet: the rank comes from the launcher's
         # variables); a config error, the same everywhere, once per node (see dist_llm/rank_messages.py).
         if (line := rank_messages.error_line(e)) is not None:

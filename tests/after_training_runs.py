@@ -48,6 +48,13 @@ def make_run(run_dir: Path, tokenizer: Tokenizer, model: TransformerLM) -> Path:
     return save_pretrained(run_dir, model.state_dict(), model.config, tokenizer, {"train": {"seed": 0}})
 
 
+def make_tiny_run(work: Path) -> tuple[Path, TransformerLM, Tokenizer]:
+    """A tiny tokenizer trained in `work`, a random model and the run directory holding both."""
+    tokenizer = train_tiny_tokenizer(work)
+    model = random_model(tokenizer.vocab_size)
+    return make_run(work / "run", tokenizer, model), model, tokenizer
+
+
 def make_checkpoint(
     run_dir: Path, step: int, model: TransformerLM, complete: bool = True, config: dict | None = None
 ) -> Path:

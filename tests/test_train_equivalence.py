@@ -48,11 +48,15 @@ def test_global_batch_not_divisible_by_ranks_names_the_values(tiny_data, tmp_pat
     from dist_llm.training.plan import make_plan
 
     cfg = parse_args(tiny_train_args(tiny_data, tmp_path / "r", "--train.global_batch_tokens=768"))
-    with pytest.raises(ConfigError, match=r"24 sequences of 32 tokens\) is not divisible by "
-                                          r"train.micro_batch_size \(4\) x world size \(4\) = 16 sequences; "
-                                          r"pick .*, or keep it with --train.micro_batch_size=3$"):
-        make_plan(cfg, world_size=4, train_windows=10_000)  # 6 sequences per rank: micro-batches of 3
-    with pytest.raises(ConfigError, match=r"pick a global batch that is a multiple of it$"):
+    # 6 sequences per rank: the configured micro-batch of 4 gives way to 3, with a note
+    plan = make_plan(cfg, world_size=4, train_windows=10_000)
+    assert (plan.micro_batch_size, plan.accum_steps, plan.global_batch_seqs) == (3, 2, 24)
+    from dist_llm.training.plan import split_batch
+
+    assert "micro_batch_size=4 does not fit each rank's share" in split_batch(cfg, 4).note
+    assert split_batch(cfg, 2).note is None
+    with pytest.raises(ConfigError, match=r"24 sequences of 32 tokens\) is not divisible by the world size "
+                                          r"\(5\).*multiple of 5 x 32 tokens$"):
         make_plan(cfg, world_size=5, train_windows=10_000)  # no micro-batch splits 24 over 5 ranks
     plan = make_plan(cfg, world_size=2, train_windows=10_000)
     assert (plan.accum_steps, plan.global_batch_seqs) == (3, 24)

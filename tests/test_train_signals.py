@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,19 @@ from trainer_runs import read_jsonl
 
 from dist_llm.pipeline import PAUSE_ENV
 from dist_llm.training.signals import StopRequest
+
+
+@pytest.fixture(autouse=True)
+def terminal_dispositions() -> Iterator[None]:
+    """Each test starts from a terminal's dispositions, whatever this process inherited: a test runner
+    started in the background or under nohup has SIGINT ignored (the product keeps it so, on purpose)."""
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _report_dispositions(queue) -> None:

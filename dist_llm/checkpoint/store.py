@@ -18,11 +18,12 @@ about training: it stores the state dicts it is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from dist_llm.atomic_io import atomic_write, fsync_path
+from dist_llm.checkpoint.space import out_of_space, tensor_bytes
 from dist_llm.file_hash import file_sha256
 from dist_llm.json_file import read_json
 from dist_llm.model.config import architecture_differences
@@ -159,20 +161,43 @@ def new_temp_dir(root: str | Path, step: int, owner: int | None = None) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def space_errors_named(tmp: Path, root: Path, step: int, needed_bytes: int, remove_tmp: bool = True
+                       ) -> Iterator[None]:
+    """A checkpoint write that fails leaves no partial directory (remove_tmp: this process owns it); one
+    that fails for lack of space says where, and how much space was needed. The previous checkpoints are
+    untouched either way: they are pruned only after the new one is complete."""
+    try:
+        yield
+    except BaseException as e:  # DCP wraps every rank's failure in a CheckpointException(BaseException)
+        if remove_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)  # gives the space back, leaves nothing half-written
+        if not out_of_space(e) or isinstance(e, CheckpointError):
+            raise
+        free = shutil.disk_usage(root).free if root.exists() else 0
+        previous = find_latest_checkpoint(root)
+        kept = f"the previous checkpoint {previous} is untouched" if previous else "no earlier checkpoint"
+        raise CheckpointError(
+            f"{root / step_dir_name(step)}: no space left on the device while writing this checkpoint: it "
+            f"needs about {needed_bytes / 1e6:,.1f} MB, {free / 1e6:,.1f} MB are free there; {kept}. Free "
+            f"some space (or lower checkpoint.keep_last) and resume with --resume auto") from None
+
+
 def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch.Tensor],
                      optimizer_state: dict[str, Any] | None, trainer_state: dict[str, Any],
                      config: dict[str, Any], keep_last: int | None = None) -> Path:
     """Atomically write `root/step_{step:08d}/` and keep only the newest `keep_last` complete ones."""
     tmp = new_temp_dir(root, step)
-    _save_tensors(tmp / MODEL_FILE, model_state)
-    crash_if_requested(step)
-    if optimizer_state is not None:
-        tensors, meta = split_optimizer_state(optimizer_state)
-        _save_tensors(tmp / OPTIMIZER_TENSORS, tensors)
-        write_json_durably(tmp / OPTIMIZER_JSON, meta)
-    write_json_durably(tmp / TRAINER_STATE, trainer_state)
-    write_json_durably(tmp / CONFIG, config)
-    return finalize_checkpoint(tmp, root, step, keep_last)
+    with space_errors_named(tmp, Path(root), step, tensor_bytes(model_state) + tensor_bytes(optimizer_state)):
+        _save_tensors(tmp / MODEL_FILE, model_state)
+        crash_if_requested(step)
+        if optimizer_state is not None:
+            tensors, meta = split_optimizer_state(optimizer_state)
+            _save_tensors(tmp / OPTIMIZER_TENSORS, tensors)
+            write_json_durably(tmp / OPTIMIZER_JSON, meta)
+        write_json_durably(tmp / TRAINER_STATE, trainer_state)
+        write_json_durably(tmp / CONFIG, config)
+        return finalize_checkpoint(tmp, root, step, keep_last)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
@@ -191,6 +216,11 @@ def finalize_checkpoint(tmp: Path, root: str | Path, step: int, keep_last: int |
     root = Path(root)
     final = root / step_dir_name(step)
     files = {p.relative_to(tmp).as_posix(): p for p in checkpoint_files(tmp)}
+    # The manifest lists what is there: a checkpoint whose weights are missing must never get one.
+    has_weights = MODEL_FILE in files if fmt == "full" else any(n.endswith(".safetensors") for n in files)
+    if not has_weights or CONFIG not in files:
+        raise CheckpointError(f"{tmp}: holds no weights or no {CONFIG} ({sorted(files)}): removed by "
+                              f"another process while being written? Not marking it complete")
     sums = sha256 if sha256 is not None else {name: file_sha256(p) for name, p in files.items()}
     if set(sums) != set(files):
         raise CheckpointError(f"{tmp}: checksums cover {sorted(sums)[:3]}..., the files are "
@@ -216,7 +246,9 @@ def finalize_checkpoint(tmp: Path, root: str | Path, step: int, keep_last: int |
 def prune_checkpoints(root: str | Path, keep_last: int | None) -> None:
     """Delete complete checkpoints beyond the newest keep_last (never the last one) and stale temp dirs."""
     root = Path(root)
-    for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write; one writer per run, so not in use
+    # Left by a crash mid-write. Not in use: the trainer holds the run dir's lock (training/run_lock.py),
+    # so no other process writes here (a second writer used to delete this one's directory mid-write).
+    for stale in root.glob(".tmp_step_*"):
         if not stale.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
     if keep_last is None:
@@ -298,19 +330,33 @@ def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> None:
     recorded = manifest.get("sha256", {}) if checksums else {}
     for name, size in manifest["files"].items():
         file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing from the checkpoint")
-        if file.stat().st_size != size:
-            raise CheckpointError(f"{file}: truncated or altered (has {file.stat().st_size} bytes, "
-                                  f"{size} were written)")
-        if name in recorded and (actual := file_sha256(file)) != recorded[name]:
-            raise CheckpointError(f"{file}: sha256 checksum does not match the one recorded when the "
-                                  f"checkpoint was written (now {actual[:16]}..., written "
-                                  f"{str(recorded[name])[:16]}...): the file is corrupted")
-        if name.endswith(".safetensors"):
-            _safetensors_header(file)
-        elif name.endswith(".json"):
-            _read_json(file)
+        try:
+            _verify_file(file, size, recorded.get(name))
+        except OSError as e:  # unreadable (permissions, an I/O error, removed meanwhile): as bad as missing
+            raise CheckpointError(f"{file}: cannot be read ({e.strerror or e})") from None
+    listed = manifest["files"]
+    weights = [MODEL_FILE] if manifest.get("format", "full") == "full" else \
+        [n for n in listed if n.endswith(".safetensors")][:1]
+    for name in (weights or ["shards/*.safetensors"]):
+        if name not in listed:  # a manifest written while another process deleted files mid-write
+            raise CheckpointError(f"{path / name}: missing from the checkpoint (its {COMPLETE} manifest does "
+                                  f"not list it)")
+
+
+def _verify_file(file: Path, size: int, sha256: str | None) -> None:
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing from the checkpoint")
+    if file.stat().st_size != size:
+        raise CheckpointError(f"{file}: truncated or altered (has {file.stat().st_size} bytes, "
+                              f"{size} were written)")
+    if sha256 is not None and (actual := file_sha256(file)) != sha256:
+        raise CheckpointError(f"{file}: sha256 checksum does not match the one recorded when the "
+                              f"checkpoint was written (now {actual[:16]}..., written "
+                              f"{str(sha256)[:16]}...): the file is corrupted")
+    if file.name.endswith(".safetensors"):
+        _safetensors_header(file)
+    elif file.name.endswith(".json"):
+        _read_json(file)
 
 
 @dataclass

@@ -25,21 +25,41 @@ class RunPlan:
     decay_steps: int  # where the cosine schedule reaches min_lr
 
 
+@dataclass(frozen=True)
+class BatchSplit:
+    micro_batch_size: int  # sequences per rank per micro-step: the configured one, or one derived to fit
+    accum_steps: int
+    global_batch_seqs: int
+    note: str | None  # says why the micro-batch differs from the configured one
+
+
+def split_batch(cfg: RunConfig, world_size: int) -> BatchSplit:
+    """How the global batch splits over the ranks: needs the world size only, so the trainer checks it
+    before any data work. A configured micro-batch that does not divide a rank's share (e.g. the default
+    32 with 2 or 4 ranks: 32 sequences in all) gives way to the largest one that does."""
+    t, ctx = cfg.train, cfg.model.context_length
+    seqs = t.global_batch_tokens // ctx
+    if seqs % world_size:
+        raise ConfigError(
+            f"'train.global_batch_tokens' ({t.global_batch_tokens} = {seqs} sequences of {ctx} tokens) is "
+            f"not divisible by the world size ({world_size}): every rank takes an equal share of each "
+            f"batch; pick a global batch that is a multiple of {world_size} x {ctx} tokens")
+    per_rank = seqs // world_size
+    micro, note = t.micro_batch_size, None
+    if per_rank % micro:
+        micro = max(b for b in range(1, min(micro, per_rank) + 1) if per_rank % b == 0)
+        note = (f"note: train.micro_batch_size={t.micro_batch_size} does not fit each rank's share of "
+                f"the global batch ({seqs} sequences / {world_size} ranks = {per_rank}); using {micro} "
+                f"per micro-step, {per_rank // micro} accumulation step(s): the same optimisation")
+    return BatchSplit(micro, per_rank // micro, seqs, note)
+
+
 def make_plan(cfg: RunConfig, world_size: int, train_windows: int, max_windows: int | None = None,
               say: Callable[[str], None] = print) -> RunPlan:
     """max_windows: the most windows the data can give (a mixture with data.on_exhausted = "stop")."""
     t, ctx = cfg.train, cfg.model.context_length
-    seqs = t.global_batch_tokens // ctx
-    per_micro_step = t.micro_batch_size * world_size
-    if seqs % per_micro_step:
-        fix = "pick a global batch that is a multiple of it"
-        if seqs % world_size == 0:  # a smaller micro-batch keeps the global batch: more accumulation
-            fitting = max(b for b in range(1, t.micro_batch_size) if (seqs // world_size) % b == 0)
-            fix += f", or keep it with --train.micro_batch_size={fitting}"
-        raise ConfigError(
-            f"'train.global_batch_tokens' ({t.global_batch_tokens} = {seqs} sequences of {ctx} tokens) is "
-            f"not divisible by train.micro_batch_size ({t.micro_batch_size}) x world size ({world_size}) = "
-            f"{per_micro_step} sequences; {fix}")
+    split = split_batch(cfg, world_size)
+    seqs = split.global_batch_seqs
     steps_per_epoch = train_windows / seqs
     if steps_per_epoch < 1:
         raise ConfigError(f"'train.global_batch_tokens' ({t.global_batch_tokens}) is larger than the whole "
@@ -63,5 +83,5 @@ def make_plan(cfg: RunConfig, world_size: int, train_windows: int, max_windows: 
     if cfg.optim.warmup_steps >= decay:
         raise ConfigError(f"'optim.warmup_steps' ({cfg.optim.warmup_steps}) must be shorter than the run "
                           f"({decay} steps)")
-    return RunPlan(t.micro_batch_size, seqs // per_micro_step, seqs, t.global_batch_tokens, steps_per_epoch,
+    return RunPlan(split.micro_batch_size, split.accum_steps, seqs, t.global_batch_tokens, steps_per_epoch,
                    total, decay)

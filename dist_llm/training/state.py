@@ -19,6 +19,7 @@ import torch
 
 from dist_llm import distributed
 from dist_llm.checkpoint.sharded import checkpoint_format, load_into_sharded, save_shards, sharded_state
+from dist_llm.checkpoint.space import tensor_bytes
 from dist_llm.checkpoint.store import (
     CONFIG,
     OPTIMIZER_JSON,
@@ -34,6 +35,7 @@ from dist_llm.checkpoint.store import (
     model_state_for_saving,
     new_temp_dir,
     read_checkpoint,
+    space_errors_named,
     step_dir_name,
     stream_model_state,
     stream_optimizer_tensors,
@@ -150,6 +152,13 @@ class CheckpointWriter:
         # One temporary directory for all ranks, named by rank 0 (a stale one of a crashed run is removed).
         tmp = self.root / distributed.broadcast_json(new_temp_dir(self.root, step).name if main else None)
         tensors, optimizer_meta = sharded_state(par.model.state_dict(), optimizer.state_dict())
+        # A full disk is named with the size needed (a sharded tensor's numel is the whole tensor's)
+        with space_errors_named(tmp, self.root, step, tensor_bytes(tensors), remove_tmp=main):
+            return self._write_sharded(step, tmp, tensors, optimizer_meta, trainer_state)
+
+    def _write_sharded(self, step: int, tmp: Path, tensors: dict[str, torch.Tensor],
+                       optimizer_meta: dict[str, Any], trainer_state: dict[str, Any]) -> Path | None:
+        main = distributed.is_main()
         if main:
             config = self.cfg.to_dict()
             write_json_durably(tmp / OPTIMIZER_JSON, optimizer_meta)
