@@ -33,7 +33,6 @@ from dist_llm.atomic_io import atomic_write_json
 from dist_llm.checkpoint import CheckpointError, read_checkpoint
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
 from dist_llm.distributed import DistContext, DistributedError, distributed_context
-from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
     MetricsLog,
     format_postfix,
@@ -166,12 +165,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
 
         # ---- wrappers applied from outside the model: DDP, compile, autocast
         train_model: torch.nn.Module = model
-        loss_fn = fused_cross_entropy  # the logits' gradient computed in its forward: see dist_llm/losses.py
         if cfg.train.compile:
-            train_model = torch.compile(train_model)
-            # Compiled on its own (the model's graph ends at the logits, DDP sits between), so that it
-            # takes the loss's compiled form: one fused pass over the logits each way.
-            loss_fn = torch.compile(fused_cross_entropy)
+            train_model = torch.compile(train_model)  # the loss is inside the model's forward (targets=)
         if ctx.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -223,9 +218,8 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 sync = contextlib.nullcontext() if last or not ctx.is_distributed else train_model.no_sync()
                 with sync:  # no_sync covers forward and backward of the non-final micro-steps
                     with autocast:
-                        # No name for the logits: nothing holds them through backward unless the loss
-                        # saved them (the eager fused loss does not: tokens x vocab less at the peak).
-                        loss = loss_fn(train_model(x), y)
+                        # The head and loss computed together, chunk by chunk: see dist_llm/head_loss.py.
+                        loss = train_model(x, targets=y)
                     # Each micro-batch is 1/accum_steps of the batch (and DDP averages over ranks), so the
                     # summed gradients equal those of one big batch.
                     scaler.scale(loss / plan.accum_steps).backward()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dist_llm.head_loss import linear_cross_entropy
 from dist_llm.model.attention import KVCache, LayerKVCache, MultiHeadSelfAttention
 from dist_llm.model.config import ModelConfig
 from dist_llm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
@@ -100,12 +101,22 @@ class TransformerLM(nn.Module):
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.num_layers, self.config.context_length)
 
-    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """token_ids (..., T) -> logits (..., T, vocab_size).
+    def forward(
+        self, token_ids: torch.Tensor, kv_cache: KVCache | None = None, *, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """token_ids (..., T) -> logits (..., T, vocab_size); or, given targets (..., T) of next-token
+        ids, the mean cross-entropy (float32 scalar; ids equal to -100 are left out).
+
+        With targets the head and the loss are computed together chunk by chunk of rows
+        (dist_llm/head_loss.py): the tokens x vocab logits never exist whole. That is the training path;
+        generation and evaluation take the logits. The loss is computed here, inside the model's
+        forward, because a sharded wrapper (FSDP) only gathers lm_head's weight during that forward.
 
         With kv_cache, token_ids are the next T tokens after the kv_cache.length cached ones; the cache
         is advanced by T.
         """
+        if targets is not None and kv_cache is not None:
+            raise ValueError("targets (the training loss) and kv_cache (decoding) cannot be combined")
         start = 0 if kv_cache is None else kv_cache.length
         seq_len = token_ids.shape[-1]
         if start + seq_len > self.config.context_length:
@@ -122,9 +133,14 @@ class TransformerLM(nn.Module):
                 x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
         if kv_cache is not None:
             kv_cache.length = start + seq_len
+        h = self.ln_final(x)
+        if targets is not None:
+            # The same CUDA row padding as _vocab_logits, applied per chunk (padded columns are masked).
+            pad_to = self.logits_row_multiple if h.device.type in self.pad_logits_on else 1
+            return linear_cross_entropy(h, self.lm_head.weight, targets, pad_vocab_to=pad_to)
         # Not while decoding with a cache: for a row or two of logits per step the padded copy of the
         # whole weight would cost more than the aligned GEMM saves.
-        return self._vocab_logits(self.ln_final(x), may_pad=kv_cache is None)
+        return self._vocab_logits(h, may_pad=kv_cache is None)
 
     def _vocab_logits(self, h: torch.Tensor, may_pad: bool = True) -> torch.Tensor:
         weight = self.lm_head.weight
