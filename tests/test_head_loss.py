@@ -46,7 +46,7 @@ def test_fp32_equals_torch_loss_and_gradients(loss_fn, pad_vocab_to):
     # a scaled loss, as gradient accumulation and the fp16 grad scaler backpropagate
     g_ours = torch.autograd.grad(ours * 3.5, (hidden, weight))
     g_ref = torch.autograd.grad(ref * 3.5, (hidden, weight))
-    for a, b in zip(g_ours, g_ref):
+    for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert (g_ours[0][0, :7] == 0).all() and g_ours[0][0, 7].abs().sum() > 0  # ignored rows: no gradient
 
@@ -68,7 +68,7 @@ def assert_within_half_precision(loss, grads, reference, dtype) -> None:  # noqa
     ref_loss, ref_h, ref_w, logit_max = reference
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(loss.double(), ref_loss, rtol=0, atol=eps * logit_max)
-    for got, want in zip(grads, (ref_h, ref_w)):
+    for got, want in zip(grads, (ref_h, ref_w), strict=True):
         torch.testing.assert_close(got.double(), want, rtol=0, atol=2 * eps * want.abs().max().item())
 
 
@@ -153,7 +153,7 @@ def test_model_with_targets_returns_the_loss_of_its_logits(pad_on_this_device):
     ref = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
-    for (name, _), got, want in zip(model.named_parameters(), grads, ref_grads):
+    for (name, _), got, want in zip(model.named_parameters(), grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
