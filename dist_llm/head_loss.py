@@ -88,8 +88,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             vocab = weight.shape[0]
             h = hidden.to(compute_dtype)
             w = weight.to(compute_dtype)
-            pad = -vocab % pad_vocab_to
-            if pad:
+            if pad := -vocab % pad_vocab_to:
                 w = torch.nn.functional.pad(w, (0, 0, 0, pad))  # zero rows, masked below
             if ignore_index is None:
                 keep = None
@@ -103,36 +102,60 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(h) if wants_grad else None
             grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if wants_grad else None
             for start in range(0, h.shape[0], chunk_rows):
-                stop = min(start + chunk_rows, h.shape[0])
-                h_c, t_c = h[start:stop], rows_target[start:stop]
-                logits = (h_c @ w.T).float()
-                if pad:
-                    logits[:, vocab:] = float("-inf")  # exp gives 0: no probability, no gradient
-                lse = torch.logsumexp(logits, dim=-1)
-                nll = lse - logits.gather(1, t_c[:, None]).squeeze(1)
-                if keep is not None:
-                    nll = nll * keep[start:stop]
-                nll_sum = nll_sum + nll.sum()
-                if wants_grad:
-                    # (softmax - onehot) / count, ignored rows 0; written over the chunk's logits.
-                    grad = logits.sub_(lse[:, None]).exp_()
-                    grad.scatter_add_(1, t_c[:, None], torch.full_like(lse, -1.0)[:, None])
-                    scale = 1.0 / count if keep is None else keep[start:stop, None] / count
-                    grad = grad.mul_(scale).to(compute_dtype)
-                    grad_h[start:stop] = grad @ w
-                    grad_w += (grad.T @ h_c).float()
+                rows = slice(start, min(start + chunk_rows, h.shape[0]))
+                row_keep = None if keep is None else keep[rows]
+                nll_sum = nll_sum + _chunk(h[rows], w, rows_target[rows], row_keep, count, vocab,
+                                           grad_h[rows] if wants_grad else None, grad_w)  # fmt: skip
             loss = nll_sum / count
+        ctx.grads = None
         if wants_grad:
-            ctx.save_for_backward(
-                grad_h.to(hidden.dtype), grad_w[:vocab].to(weight.dtype)
-            )
-        ctx.wants_grad = wants_grad
+            grads = grad_h.to(hidden.dtype), grad_w[:vocab].to(weight.dtype)
+            if torch.compiler.is_compiling():
+                ctx.save_for_backward(*grads)
+            else:  # handed over in backward, not saved: autograd can then keep them without a copy
+                ctx.grads = grads
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):  # noqa: ANN001, ANN205
-        if not ctx.wants_grad:
-            raise RuntimeError("linear_cross_entropy: forward ran without gradients (no_grad or no inputs "
-                               "requiring grad); nothing to backpropagate")
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
+        if torch.compiler.is_compiling():
+            grad_h, grad_w = ctx.saved_tensors
+            grad_h, grad_w = grad_h * grad_loss, grad_w * grad_loss
+        else:
+            if ctx.grads is None:
+                raise RuntimeError("linear_cross_entropy: backward ran twice through one forward; its "
+                                   "gradient buffers are consumed by the first backward")
+            (grad_h, grad_w), ctx.grads = ctx.grads, None
+            # scaled in place: no second vocab x d_model buffer, and autograd takes them as they are
+            grad_h, grad_w = grad_h.mul_(grad_loss), grad_w.mul_(grad_loss)
+        return grad_h, grad_w, None, None, None, None, None, None
+
+
+def _chunk(h_c, w, t_c, keep, count, vocab, grad_h_c, grad_w):  # noqa: ANN001, ANN202, PLR0913
+    """One chunk of rows: returns its summed NLL; with grad_h_c given, writes its rows' hidden-state
+    gradient there and adds its share of the weight gradient to grad_w (float32). A function, so the
+    chunk's logits are freed on return, before the next chunk's are made."""
+    logits = (h_c @ w.T).float()
+    if w.shape[0] != vocab:
+        logits[:, vocab:] = float("-inf")  # padded rows: exp gives 0, no probability, no gradient
+    # log-sum-exp with the row max shifted out, exp written over the logits (no temporary): exps holds
+    # exp(x - max), the softmax before its division by the row sum.
+    row_max = logits.amax(dim=-1)
+    picked = logits.gather(1, t_c[:, None]).squeeze(1)
+    exps = logits.sub_(row_max[:, None]).exp_()
+    row_sum = exps.sum(dim=-1)
+    nll = row_sum.log() + row_max - picked
+    if keep is not None:
+        nll = nll * keep
+    if grad_h_c is not None:
+        # d loss / d logits = (softmax - onehot) * row_scale; row_scale = 1 / count, 0 for ignored rows
+        row_scale = (1.0 / count).expand(row_sum.shape) if keep is None else keep / count
+        grad = exps.mul_((row_scale / row_sum)[:, None])
+        grad.scatter_add_(1, t_c[:, None], -row_scale[:, None])
+        grad = grad.to(h_c.dtype)
+        grad_h_c.copy_(grad @ w)
+        if grad.dtype == torch.float32:
+            grad_w.addmm_(grad.T, h_c)  # no vocab x d_model temporary
+        else:
+            grad_w += (grad.T @ h_c).float()  # the product rounded as the plain head's is
+    return nll.sum()

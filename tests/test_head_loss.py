@@ -162,3 +162,11 @@ def test_model_targets_with_kv_cache_is_a_clear_error():
     x = torch.randint(0, VOCAB, (1, 4), device=DEVICE)
     with pytest.raises(ValueError, match="targets .* and kv_cache .* cannot be combined"):
         model(x, model.new_kv_cache(), targets=x)
+
+
+def test_backward_twice_is_a_clear_error():
+    hidden, weight, targets = make_inputs()
+    loss = linear_cross_entropy(hidden, weight, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
