@@ -70,6 +70,9 @@ DEFAULT_BATCH = {
 }
 PEAK_SAMPLES: list[float] = []  # matmul peaks sampled between timed rounds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The round timer: wall time, or with --clock process this process's CPU time (on a CPU shared with
+# other jobs, the time the step itself computed; with --threads 1 it is the step's compute time).
+CLOCK = time.perf_counter
 
 
 def bench_device(requested: str) -> torch.device:
@@ -106,11 +109,11 @@ class Runner:
 
     def timed_round(self, x, y, steps: int) -> None:
         sync(self.device)
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             loss = self.step(x, y)
         sync(self.device)
-        self.round_times.append((time.perf_counter() - start) / steps)
+        self.round_times.append((CLOCK() - start) / steps)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.name}: loss became {loss.item()} during the benchmark")
 
@@ -240,7 +243,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per model")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="round timer: wall time, or CPU time of this process (a loaded CPU machine; "
+                             "use with --threads 1)")
     args = parser.parse_args()
+    if args.clock == "process":
+        global CLOCK
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -249,6 +258,8 @@ def main() -> None:
     except ValueError as e:
         parser.error(f"--device: {e}")
     on_gpu = device.type == "cuda"
+    if on_gpu and args.clock == "process":
+        parser.error("--clock process: CPU time does not count GPU work; use it on a CPU device")
     names = (args.config or ("gpt2-small" if on_gpu else "tiny,tinystories")).split(",")
     for name in names:
         if name not in CONFIGS:
@@ -261,7 +272,8 @@ def main() -> None:
     peak = measured_matmul_peak(device, dtype)
     sheet = datasheet_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {where} | torch {torch.__version__} | dtype {args.dtype} | compile {args.compile} | "
+    print(f"device: {where} | clock {args.clock} | torch {torch.__version__} | dtype {args.dtype} | "
+          f"compile {args.compile} | "
           f"optimizer {args.optim} AdamW | fused_ops {args.fused_ops} | {args.rounds} alternating rounds "
           f"per model")  # fmt: skip
     print(f"measured {args.dtype} matmul peak: {peak / 1e12:.3f} TFLOP/s"
