@@ -170,3 +170,22 @@ def test_backward_twice_is_a_clear_error():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_compiled_model_with_targets_under_autocast_matches_eager():
+    # The trainer's compiled path: torch.compile(model)(x, targets=y) under bf16 autocast, the head and
+    # loss traced into the model's graph.
+    model = tiny_model()
+    x = torch.randint(0, VOCAB, (2, 16), device=DEVICE)
+    y = torch.randint(0, VOCAB, (2, 16), device=DEVICE)
+    results = []
+    for fn in (model, torch.compile(model)):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            loss = fn(x, targets=y)
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    (ref, ref_grads), (loss, grads) = results
+    eps = torch.finfo(torch.bfloat16).eps
+    torch.testing.assert_close(loss, ref, rtol=eps, atol=0)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2 * eps * want.abs().max().item())

@@ -58,6 +58,8 @@ class TransformerLM(nn.Module):
     # itself (50,304) instead, which changes the parameter shapes. 1 turns this off (bench_model.py
     # --with-unpadded-head times that). Only on the device types in pad_logits_on: CUDA, where it was
     # measured to help (README, Model); on a CPU it would be an extra weight copy per step, unmeasured.
+    # The training loss (forward with targets) pads the same way, chunk by chunk, with the padded columns
+    # masked out of the softmax (dist_llm/head_loss.py, pad_vocab_to).
     logits_row_multiple = 64
     pad_logits_on: tuple[str, ...] = ("cuda",)
 
