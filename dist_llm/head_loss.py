@@ -159,5 +159,5 @@ def _chunk(h_c, w, t_c, keep, count, vocab, grad_h_c, grad_w):  # noqa: ANN001, 
         if grad.dtype == torch.float32:
             grad_w.addmm_(grad.T, h_c)  # no vocab x d_model temporary
         else:
-            grad_w += (grad.T @ h_c).float()  # the product rounded as the plain head's is
+            grad_w.add_(grad.T @ h_c)  # the product rounded as the plain head's is; summed in float32
     return nll.sum()
