@@ -96,7 +96,8 @@ class Runner:
             # With the kernel the trainer picks (fused on CUDA and CPU), for both models alike.
             self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **adamw_kernel(device))
         step_loss = lambda x, y: forward_loss(model, x, y)  # noqa: E731
-        self.forward_loss = torch.compile(step_loss) if args.compile else step_loss
+        mode = getattr(args, "compile_mode", None)  # e.g. reduce-overhead: CUDA graphs
+        self.forward_loss = torch.compile(step_loss, mode=mode) if args.compile else step_loss
         self.round_times: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -222,6 +223,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (fp32: none)")
     parser.add_argument("--compile", action="store_true", help="torch.compile forward+loss of both models")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                        "max-autotune-no-cudagraphs"], help="torch.compile mode (with --compile)")
     parser.add_argument("--optim", choices=["torch", "ours"], default="torch")
     parser.add_argument("--fused-ops", choices=["on", "off"], default="on",
                         help="ModelConfig.fused_ops of our model: torch's fused RMSNorm/SiLU/RoPE (on, the "
@@ -273,7 +276,7 @@ def main() -> None:
     sheet = datasheet_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {where} | clock {args.clock} | torch {torch.__version__} | dtype {args.dtype} | "
-          f"compile {args.compile} | "
+          f"compile {args.compile}{' (' + args.compile_mode + ')' if args.compile_mode else ''} | "
           f"optimizer {args.optim} AdamW | fused_ops {args.fused_ops} | {args.rounds} alternating rounds "
           f"per model")  # fmt: skip
     print(f"measured {args.dtype} matmul peak: {peak / 1e12:.3f} TFLOP/s"

@@ -13,7 +13,8 @@
 #   4. the single-process trainer tests on the GPU (end to end, exact resume, gradient accumulation);
 #   5. `python -m dist_llm.train` on the built-in corpus in bf16 compiled, and in fp16 (gradient scaler);
 # then a summary: each step's status and time, the benchmark tables, the ratio against the baseline and
-# the chunked loss's memory. GPU_CHECK_EXTRA=1 adds the same benchmark eager (needs a larger budget).
+# the chunked loss's memory. GPU_CHECK_EXTRA=1 adds information runs (eager, batch 32, CUDA graphs),
+# which need a larger budget.
 # On a CPU-only machine it says so, runs a quick CPU sanity check and exits with its status (0 if fine).
 # Every step has its own timeout; a failing step does not stop the later ones; the exit code is
 # non-zero if any step failed. Full logs are kept in $LOG_DIR (default: a fresh dir under /tmp).
@@ -112,9 +113,16 @@ else
     run_step train-fp16 20 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" --run.dir="$LOG_DIR/run_fp16" \
         --train.precision=fp16
     # (the FSDP steps go here, within RESERVED_S)
-    if [ "${GPU_CHECK_EXTRA:-0}" = "1" ]; then  # information: the same benchmark eager
+    # Information, with a larger budget (GPU_CHECK_EXTRA=1 GPU_CHECK_BUDGET_S=600): the benchmark eager
+    # with the losses on full logits, at batch 32 (the logits no longer dominate memory), and with CUDA
+    # graphs (torch.compile mode reduce-overhead).
+    if [ "${GPU_CHECK_EXTRA:-0}" = "1" ]; then
         run_step bench-bf16-eager 60 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
             --dtype bf16 --steps 10 --rounds 2 --warmup 2 --with-torch-loss --with-logits-loss
+        run_step bench-bf16-compile-b32 90 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --compile --steps 10 --rounds 2 --warmup 2 --batch-size 32
+        run_step bench-bf16-cudagraphs 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --compile --compile-mode reduce-overhead --steps 10 --rounds 2 --warmup 3
     fi
 fi
 
