@@ -1,9 +1,10 @@
 """FSDP on one device: its overhead against the unwrapped model, and a big model's throughput.
 
-Each row is a full training step (forward, fused loss, backward, clipping, fused AdamW) of a model laid
-out by dist_llm.parallelize as the trainer does it, in one process: "unwrapped" is the model as a single
-process runs it; "fsdp" is FSDP2 on a 1-rank group (every all-gather and reduce-scatter is a local copy,
-so the difference is FSDP's own bookkeeping, casts and copies: the floor of its cost on many GPUs).
+Each row is a full training step (forward, chunked head + loss, backward, clipping, fused AdamW) of a
+model laid out by dist_llm.parallelize as the trainer does it, in one process: "unwrapped" is the model
+as a single process runs it; "fsdp" is FSDP2 on a 1-rank group (every all-gather and reduce-scatter is
+a local copy, so the difference is FSDP's own bookkeeping, casts and copies: the floor of its cost on
+many GPUs).
 Rows alternate in rounds; the median round counts. MFU is against the datasheet peak (bench/peak_flops.py).
 
 Targets (on an H100/H200, bf16, compiled):
@@ -32,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peak_flops import datasheet_peak, sync  # noqa: E402
 
-from dist_llm.losses import fused_cross_entropy  # noqa: E402
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
 from dist_llm.parallelize import Parallelism, parallelize  # noqa: E402
 
@@ -56,13 +56,12 @@ class Row:
                                shard_one_rank=par.strategy == "fsdp")
         fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.AdamW(self.par.model.parameters(), lr=1e-4, **fused)
-        self.loss = torch.compile(fused_cross_entropy) if par.compile else fused_cross_entropy
         self.times: list[float] = []
 
     def step(self, x: torch.Tensor) -> None:
         enabled = self.dtype is not None
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=enabled):
-            loss = self.loss(self.par.train_step_module(x), x)
+            loss = self.par.train_step_module(x, targets=x)  # the chunked head + loss, as in training
         loss.backward()
         self.par.clip_grad_norm_(1.0)
         self.optimizer.step()

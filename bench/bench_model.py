@@ -1,12 +1,19 @@
-"""Training-step throughput of TransformerLM against a nanoGPT-style GPT, measured in the same run.
+"""Training-step throughput of TransformerLM against nanoGPT, measured in the same run.
+
+The baseline is bench/nanogpt_style.py: karpathy/nanoGPT's model.py as its train.py configures it (no
+biases, vocabulary padded to a multiple of 64 with the head tied to the embedding, GELU MLP, fused qkv,
+SDPA, nanoGPT's init and its F.cross_entropy loss call inside forward), so "ours / baseline" is the
+figure users would see against nanoGPT itself.
 
 One step = forward, loss, backward, optimizer step, on a fixed random batch (data loading excluded),
 done the way each one's trainer does it. Both models get the same width, depth, heads, context, batch,
 dtype, compile setting, torch threads and optimizer (torch.optim.AdamW with the kernel the trainer
-picks, fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each trainer's own:
-ours dist_llm.losses.fused_cross_entropy, as dist_llm.train uses (eager: the logits' gradient computed
-in the forward pass; under --compile its compiled form), the baseline F.cross_entropy, as nanoGPT uses.
---with-torch-loss adds, for information, our model with F.cross_entropy too. Rounds alternate between
+picks, fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each model's own,
+computed inside its forward as each trainer calls it: ours model(x, targets=y), the head and
+cross-entropy fused chunk by chunk (dist_llm/head_loss.py), as dist_llm.train uses; nanoGPT's
+F.cross_entropy on its full logits. --with-torch-loss adds, for information, our model's logits with
+F.cross_entropy, and --with-logits-loss with dist_llm.losses.fused_cross_entropy (the previous training
+loss). --compile compiles each model's forward with its loss, as both trainers do. Rounds alternate between
 the models so a drifting machine slows both alike; the best round of each gives the headline ratio (load
 from other processes only ever slows a round down, so the fastest round is the least disturbed estimate,
 as timeit does) and the median round is printed too.
@@ -40,7 +47,7 @@ from peak_flops import datasheet_peak, measured_matmul_peak, sync  # noqa: E402
 
 from dist_llm.data.documents import document_ids  # noqa: E402
 from dist_llm.devices import resolve_device  # noqa: E402
-from dist_llm.losses import fused_cross_entropy  # noqa: E402
+from dist_llm.losses import fused_cross_entropy  # noqa: E402  (--with-logits-loss)
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
 from dist_llm.optim import AdamW  # noqa: E402
 from dist_llm.training.optimizer import adamw_kernel  # noqa: E402
@@ -65,6 +72,9 @@ DEFAULT_BATCH = {
 }
 PEAK_SAMPLES: list[float] = []  # matmul peaks sampled between timed rounds
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The round timer: wall time, or with --clock process this process's CPU time (on a CPU shared with
+# other jobs, the time the step itself computed; with --threads 1 it is the step's compute time).
+CLOCK = time.perf_counter
 
 
 def bench_device(requested: str) -> torch.device:
@@ -78,7 +88,8 @@ def bench_device(requested: str) -> torch.device:
 class Runner:
     """One model with its optimizer and a (possibly compiled) forward+loss function."""
 
-    def __init__(self, name, model, loss_fn, args, device, dtype) -> None:
+    def __init__(self, name, model, forward_loss, args, device, dtype) -> None:
+        """forward_loss(model, x, y) -> scalar loss: how this model's trainer computes it."""
         self.name, self.model, self.device, self.dtype = name, model, device, dtype
         params = list(model.parameters())
         if args.optim == "ours":
@@ -86,8 +97,9 @@ class Runner:
         else:
             # With the kernel the trainer picks (fused on CUDA and CPU), for both models alike.
             self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **adamw_kernel(device))
-        forward_loss = lambda x, y: loss_fn(model(x), y)
-        self.forward_loss = torch.compile(forward_loss) if args.compile else forward_loss
+        step_loss = lambda x, y: forward_loss(model, x, y)  # noqa: E731
+        mode = getattr(args, "compile_mode", None)  # e.g. reduce-overhead: CUDA graphs
+        self.forward_loss = torch.compile(step_loss, mode=mode) if args.compile else step_loss
         self.round_times: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -100,11 +112,11 @@ class Runner:
 
     def timed_round(self, x, y, steps: int) -> None:
         sync(self.device)
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             loss = self.step(x, y)
         sync(self.device)
-        self.round_times.append((time.perf_counter() - start) / steps)
+        self.round_times.append((CLOCK() - start) / steps)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.name}: loss became {loss.item()} during the benchmark")
 
@@ -117,11 +129,15 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
     base = NanoGPTStyleLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads)
     runners = [
         Runner("dist_llm TransformerLM", ours, training_loss, args, device, dtype),
-        Runner("nanoGPT-style baseline", base.to(device), torch_loss, args, device, dtype),
+        Runner(BASELINE, base.to(device), training_loss, args, device, dtype),
     ]
     if args.with_torch_loss:  # information only: our model with the baseline's loss
         plain = TransformerLM.from_config(cfg, device=device)
         runners.append(Runner("dist_llm, F.cross_entropy (info)", plain, torch_loss, args, device, dtype))
+    if args.with_logits_loss:  # information only: the previous training loss, on the full logits
+        plain = TransformerLM.from_config(cfg, device=device)
+        runners.append(Runner("dist_llm, fused_cross_entropy (info)", plain, logits_loss, args, device,
+                              dtype))  # fmt: skip
     if args.with_tied:  # information only: what the untied head costs
         tied = TransformerLM.from_config(cfg, device=device)
         tied.lm_head.weight = tied.token_embeddings.weight
@@ -141,7 +157,7 @@ def bench_config(name: str, args, device: torch.device, dtype: torch.dtype, shee
     data = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length + 1), device=device)
     if args.with_doc_masking:
         data = with_separators(data, args.doc_length or cfg.context_length // 4)
-    x, y = data[:, :-1], data[:, 1:]
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # as both trainers' loaders give them
     for runner in runners:  # warmup (includes compilation)
         for _ in range(args.warmup):
             runner.step(x, y)
@@ -215,13 +231,25 @@ def _steps_per_round(runner: Runner, x: torch.Tensor, y: torch.Tensor, device: t
     return max(1, round(0.3 / min(times)))
 
 
-def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # Our loss exactly as dist_llm/train.py computes it.
-    return fused_cross_entropy(logits, targets)
+BASELINE = "nanoGPT (faithful baseline)"
 
 
-def torch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # The baseline's loss, as nanoGPT computes it: torch's log-softmax + nll.
+def training_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # Each model's loss as its trainer computes it: inside forward (ours: dist_llm/train.py; nanoGPT:
+    # its model.py's F.cross_entropy).
+    return model(x, targets=y)
+
+
+def logits_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return fused_cross_entropy(model(x), y)
+
+
+def torch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return cross_entropy_of_logits(model(x), y)
+
+
+def cross_entropy_of_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # torch's log-softmax + nll on the full logits, as nanoGPT computes it.
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
@@ -233,6 +261,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (fp32: none)")
     parser.add_argument("--compile", action="store_true", help="torch.compile forward+loss of both models")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                        "max-autotune-no-cudagraphs"], help="torch.compile mode (with --compile)")
     parser.add_argument("--optim", choices=["torch", "ours"], default="torch")
     parser.add_argument("--fused-ops", choices=["on", "off"], default="on",
                         help="ModelConfig.fused_ops of our model: torch's fused RMSNorm/SiLU/RoPE (on, the "
@@ -241,6 +271,9 @@ def main() -> None:
                         help="also time our model with lm_head tied to the embedding (information only)")
     parser.add_argument("--with-torch-loss", action="store_true",
                         help="also time our model with F.cross_entropy, the baseline's loss (info only)")
+    parser.add_argument("--with-logits-loss", action="store_true",
+                        help="also time our model with fused_cross_entropy on its logits, the previous "
+                             "training loss (information only)")
     parser.add_argument("--with-other-path", action="store_true",
                         help="also time our model with the other --fused-ops setting (information only)")
     parser.add_argument("--with-unpadded-head", action="store_true",
@@ -256,7 +289,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per model")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="round timer: wall time, or CPU time of this process (a loaded CPU machine; "
+                             "use with --threads 1)")
     args = parser.parse_args()
+    if args.clock == "process":
+        global CLOCK
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -265,6 +304,8 @@ def main() -> None:
     except ValueError as e:
         parser.error(f"--device: {e}")
     on_gpu = device.type == "cuda"
+    if on_gpu and args.clock == "process":
+        parser.error("--clock process: CPU time does not count GPU work; use it on a CPU device")
     names = (args.config or ("gpt2-small" if on_gpu else "tiny,tinystories")).split(",")
     for name in names:
         if name not in CONFIGS:
@@ -277,7 +318,8 @@ def main() -> None:
     peak = measured_matmul_peak(device, dtype)
     sheet = datasheet_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {where} | torch {torch.__version__} | dtype {args.dtype} | compile {args.compile} | "
+    print(f"device: {where} | clock {args.clock} | torch {torch.__version__} | dtype {args.dtype} | "
+          f"compile {args.compile}{' (' + args.compile_mode + ')' if args.compile_mode else ''} | "
           f"optimizer {args.optim} AdamW | fused_ops {args.fused_ops} | {args.rounds} alternating rounds "
           f"per model")  # fmt: skip
     print(f"measured {args.dtype} matmul peak: {peak / 1e12:.3f} TFLOP/s"
@@ -303,9 +345,10 @@ def main() -> None:
         ours, base = run[0], run[1]
         extra = ours["params_m"] - base["params_m"]
         ratio = ours["tok_s"] / base["tok_s"]
-        print(f"{ours['config']}: tokens/s ours / nanoGPT-style baseline = {ratio:.2f}x "
+        print(f"{ours['config']}: tokens/s ours / {BASELINE} = {ratio:.2f}x "
               f"best round, {ours['tok_s_median'] / base['tok_s_median']:.2f}x median round "
-              f"(ours has {extra:+.1f}M parameters, mostly the untied lm_head)")
+              f"(ours has {extra:+.1f}M parameters, mostly the untied lm_head; baseline: karpathy/nanoGPT "
+              f"model.py with train.py defaults, bench/nanogpt_style.py)")
         for info in run[2:]:
             best, median = info["tok_s"] / base["tok_s"], info["tok_s_median"] / base["tok_s_median"]
             print(f"{ours['config']}: ({info['model']}) / baseline = {best:.2f}x best round, "

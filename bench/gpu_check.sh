@@ -4,15 +4,17 @@
 #     bash bench/gpu_check.sh
 #
 # On a machine with a CUDA GPU, in order of what matters most if time runs out:
-#   1. the model / optimizer / loss tests with DIST_LLM_TEST_DEVICE=cuda (reference vs fused attention,
-#      bf16 and fp16 autocast, torch.compile and generation all run on the GPU);
-#   2. the training-step benchmark on the GPT-2-small config in bf16, torch.compile'd (the MFU target),
-#      with our model also timed with F.cross_entropy in place of the fused loss, for the loss's share;
-#   3. the same, eager;
+#   1. the model / optimizer / loss / head-loss tests with DIST_LLM_TEST_DEVICE=cuda (reference vs fused
+#      attention, bf16 and fp16 autocast, torch.compile and generation all run on the GPU);
+#   2. the training-step benchmark on the GPT-2-small config in bf16, torch.compile'd: ours against the
+#      faithful nanoGPT baseline (bench/nanogpt_style.py), the ratio and MFU targets;
+#   3. the head and loss alone (bench/bench_loss.py, GPT-2-small shape, bf16): the chunked head+loss's
+#      peak memory against the fused loss and F.cross_entropy on full logits;
 #   4. the single-process trainer tests on the GPU (end to end, exact resume, gradient accumulation);
-#   5. `python -m dist_llm.train` on the built-in corpus in fp16 (gradient scaler) and in bf16 compiled;
-#   6. the loss alone (bench/bench_loss.py, GPT-2-small logits, eager; step 2 covers the compiled loss);
-# then a summary: each step's status and time, and the benchmark tables.
+#   5. `python -m dist_llm.train` on the built-in corpus in bf16 compiled, and in fp16 (gradient scaler);
+# then a summary: each step's status and time, the benchmark tables, the ratio against the baseline and
+# the chunked loss's memory. GPU_CHECK_EXTRA=1 adds information runs (eager, batch 32, CUDA graphs),
+# which need a larger budget.
 # On a CPU-only machine it says so, runs a quick CPU sanity check and exits with its status (0 if fine).
 # Every step has its own timeout; a failing step does not stop the later ones; the exit code is
 # non-zero if any step failed. Full logs are kept in $LOG_DIR (default: a fresh dir under /tmp).
@@ -21,6 +23,10 @@
 # 5 minutes): each step's timeout is cut to what is left, and a step that would start with less than
 # MIN_STEP_S (20) seconds left is skipped. Skipped or cut-short steps make the check fail as
 # INCOMPLETE, and the summary still prints, so a run on a lent GPU with a hard limit always reports.
+# The GPU steps' own timeouts add up to at most the default budget less RESERVED_S (60 s, kept for
+# the FSDP steps), so they all finish in the budget (tests/test_gpu_check.py checks the sum). On an
+# H200 a compiled GPT-2-small model takes ~25-30 s to compile: that is why step 2 times two models
+# only, with 2 warm-up steps and 2 rounds of 10.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +35,7 @@ LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/dist_llm_gpu_check.XXXXXX)}"
 mkdir -p "$LOG_DIR"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-285}"
 MIN_STEP_S=20
+RESERVED_S=60  # of the default budget, for the FSDP steps (not yet here)
 CHECK_START=$(date +%s)
 DEADLINE=$((CHECK_START + BUDGET_S))
 STEPS=()
@@ -77,7 +84,7 @@ fi
 
 HAS_GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
 MODEL_TESTS=(tests/test_model_layers.py tests/test_model_transformer.py tests/test_model_generate.py
-             tests/test_optim.py tests/test_losses.py)
+             tests/test_optim.py tests/test_losses.py tests/test_head_loss.py)
 
 if [ "$HAS_GPU" != "1" ]; then
     echo
@@ -89,23 +96,34 @@ if [ "$HAS_GPU" != "1" ]; then
         --rounds 1 --warmup 1
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-    run_step cuda-tests 150 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
+    # Timeouts: 55 + 70 + 20 + 30 + 30 + 20 = 225 s = 285 - RESERVED_S (tests/test_gpu_check.py).
+    run_step cuda-tests 55 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
         "${MODEL_TESTS[@]}"
-    run_step bench-bf16-compile 300 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
-        --dtype bf16 --compile --steps 10 --rounds 2 --warmup 3 --with-torch-loss
-    run_step bench-bf16-eager 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
-        --dtype bf16 --steps 10 --rounds 2 --warmup 2 --with-torch-loss
-    run_step cuda-train-tests 150 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
+    run_step bench-bf16-compile 70 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+        --dtype bf16 --compile --steps 10 --rounds 2 --warmup 2
+    run_step bench-loss 20 "$PYTHON" bench/bench_loss.py --device cuda --dtype bf16 --rounds 3 --calls 2
+    run_step cuda-train-tests 30 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider \
         tests/test_train_e2e.py::test_default_command_end_to_end \
         tests/test_train_resume.py::test_exact_resume_single_process \
         tests/test_train_equivalence.py::test_accumulation_of_four_micro_batches_equals_one_batch
-    TRAIN_ARGS=(--dist.device=cuda --train.max_steps=40 --eval.interval=20 --log.progress_bar=false
+    TRAIN_ARGS=(--dist.device=cuda --train.max_steps=20 --eval.interval=10 --log.progress_bar=false
                 --run.cache_dir="$LOG_DIR/data_cache")
-    run_step train-fp16 120 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" --run.dir="$LOG_DIR/run_fp16" \
-        --train.precision=fp16
-    run_step train-bf16-compile 150 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" \
+    run_step train-bf16-compile 30 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" \
         --run.dir="$LOG_DIR/run_bf16" --train.precision=bf16 --train.compile=true
-    run_step bench-loss-eager 60 "$PYTHON" bench/bench_loss.py --device cuda --dtype bf16 --rounds 5
+    run_step train-fp16 20 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" --run.dir="$LOG_DIR/run_fp16" \
+        --train.precision=fp16
+    # (the FSDP steps go here, within RESERVED_S)
+    # Information, with a larger budget (GPU_CHECK_EXTRA=1 GPU_CHECK_BUDGET_S=600): the benchmark eager
+    # with the losses on full logits, at batch 32 (the logits no longer dominate memory), and with CUDA
+    # graphs (torch.compile mode reduce-overhead).
+    if [ "${GPU_CHECK_EXTRA:-0}" = "1" ]; then
+        run_step bench-bf16-eager 60 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --steps 10 --rounds 2 --warmup 2 --with-torch-loss --with-logits-loss
+        run_step bench-bf16-compile-b32 90 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --compile --steps 10 --rounds 2 --warmup 2 --batch-size 32
+        run_step bench-bf16-cudagraphs 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --compile --compile-mode reduce-overhead --steps 10 --rounds 2 --warmup 3
+    fi
 fi
 
 echo
@@ -117,7 +135,8 @@ for log in "$LOG_DIR"/bench-*.log "$LOG_DIR"/cpu-bench-*.log; do
     [ -f "$log" ] || continue
     echo
     echo "$(basename "$log" .log):"
-    grep -E '^(device:|measured|matmul peak|\||.* / (nanoGPT-style )?baseline =|fused / |peak GPU)' "$log" \
+    grep -E '^(device:|measured|matmul peak|\||.* / (nanoGPT \(faithful baseline\)|baseline) =|chunked |peak GPU)' \
+        "$log" \
         || echo "(no table: see $log)"
 done
 for log in "$LOG_DIR"/train-*.log; do

@@ -77,20 +77,22 @@ def fused_cross_entropy(
     if torch.compiler.is_compiling():
         return _CompiledCrossEntropy.apply(logits, targets, ignore_index)
     if targets.device.type == "cpu" and targets.numel():  # free on a CPU; on a GPU it would stall
-        _check_target_range(targets, logits.shape[-1], ignore_index)
+        check_target_range(targets, logits.shape[-1], ignore_index, "fused_cross_entropy")
     # Inside forward grad mode is always off, so whether a gradient will be wanted is decided here.
     wants_grad = torch.is_grad_enabled() and logits.requires_grad
     return _EagerCrossEntropy.apply(logits, targets, ignore_index, wants_grad)
 
 
-def _check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None) -> None:
+def check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None, name: str) -> None:
+    """A clear error for a target id outside [0, vocab_size) (ignored ones aside), named for `name`.
+    Reads min/max back to the host: call it where that is free (CPU tensors)."""
     valid = targets if ignore_index is None else targets[targets != ignore_index]
     if valid.numel() == 0:
         return
     lo, hi = int(valid.min()), int(valid.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"fused_cross_entropy: target id {bad} is outside the vocabulary [0, {vocab_size})")
+        raise ValueError(f"{name}: target id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
 class _EagerCrossEntropy(torch.autograd.Function):

@@ -33,7 +33,6 @@ from dist_llm.checkpoint import CheckpointError, model_state_for_saving
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
 from dist_llm.data.documents import document_ids
 from dist_llm.distributed import DistContext, DistributedError, distributed_context
-from dist_llm.losses import fused_cross_entropy
 from dist_llm.metrics import (
     MetricsLog,
     config_summary,
@@ -228,9 +227,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             tokenizer.save(run_dir / "tokenizer")
         distributed.barrier()
 
-        # ---- the loss (compiled on its own: the model's graph ends at the logits, DDP sits between, so
-        # it takes the loss's compiled form: one fused pass over the logits each way), autocast, metrics
-        loss_fn = torch.compile(fused_cross_entropy) if cfg.train.compile else fused_cross_entropy
+        # ---- autocast, metrics, checkpoints (the loss is computed inside the model's forward: targets=)
         autocast = precision.autocast(cfg.train.precision, device)
         peak = peak_flops(device, cfg.train.precision)
         flops_per_token = model.flops_per_token()
@@ -280,7 +277,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             lr = lr_at(step, cfg.optim, plan.decay_steps)
             set_lr(optimizer, lr)
             epoch_before = loader.epoch
-            step_loss = forward_backward(par, loader.next_batch, loss_fn, plan.accum_steps, autocast, scaler,
+            step_loss = forward_backward(par, loader.next_batch, plan.accum_steps, autocast, scaler,
                                          doc_ids=None if separator is None else
                                          functools.partial(document_ids, separator_id=separator))
             scaler.unscale_(optimizer)

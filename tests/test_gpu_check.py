@@ -29,3 +29,20 @@ def test_a_spent_budget_skips_every_step_and_reports_incomplete(tmp_path: Path) 
     assert "GPU CHECK: INCOMPLETE, the 0 s budget ran out" in out
     assert "ALL STEPS OK" not in out
     assert not list((tmp_path / "logs").glob("*.log"))  # no step ran
+
+
+def test_gpu_step_timeouts_fit_the_default_budget_with_room_reserved() -> None:
+    # Each step is killed at its timeout, so if the GPU steps' timeouts add up to the default budget less
+    # the reserved room, all of them run (none is skipped) in a default run.
+    import re
+
+    script = (REPO / "bench" / "gpu_check.sh").read_text()
+    budget = int(re.search(r'BUDGET_S="\$\{GPU_CHECK_BUDGET_S:-(\d+)\}"', script).group(1))
+    reserved = int(re.search(r"^RESERVED_S=(\d+)", script, re.M).group(1))
+    assert reserved >= 60  # room for the FSDP steps
+    gpu_branch = script[script.index('if [ "$HAS_GPU" != "1" ]'):]
+    gpu_branch = gpu_branch[gpu_branch.index("\nelse\n") : gpu_branch.index("GPU_CHECK_EXTRA:-0")]
+    timeouts = [int(t) for t in re.findall(r"run_step \S+ (\d+) ", gpu_branch)]
+    assert len(timeouts) >= 6, gpu_branch  # the steps are there and were all found
+    assert all(t >= 20 for t in timeouts)  # MIN_STEP_S: none too short to start
+    assert sum(timeouts) <= budget - reserved, timeouts

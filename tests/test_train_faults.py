@@ -189,9 +189,9 @@ def test_resume_on_other_data_keeps_the_runs_tokenizer(tiny_data, tmp_path, caps
 @pytest.fixture
 def nan_at_micro_step(monkeypatch):
     """Make the training loss NaN at the given (1-based) training micro-step."""
-    import dist_llm.train
+    import dist_llm.model.transformer
 
-    real = dist_llm.train.fused_cross_entropy
+    real = dist_llm.model.transformer.linear_cross_entropy  # the training loss (TransformerLM, targets=)
 
     def install(bad_call: int):
         calls = {"n": 0}
@@ -204,7 +204,7 @@ def nan_at_micro_step(monkeypatch):
                     return loss * float("nan")
             return loss
 
-        monkeypatch.setattr(dist_llm.train, "fused_cross_entropy", flaky)
+        monkeypatch.setattr(dist_llm.model.transformer, "linear_cross_entropy", flaky)
 
     return install
 

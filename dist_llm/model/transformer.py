@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_llm.head_loss import linear_cross_entropy
 from dist_llm.model.attention import KVCache, LayerKVCache, MultiHeadSelfAttention
 from dist_llm.model.config import ModelConfig
 from dist_llm.model.document_mask import document_mask, document_positions
@@ -62,6 +63,8 @@ class TransformerLM(nn.Module):
     # itself (50,304) instead, which changes the parameter shapes. 1 turns this off (bench_model.py
     # --with-unpadded-head times that). Only on the device types in pad_logits_on: CUDA, where it was
     # measured to help (README, Model); on a CPU it would be an extra weight copy per step, unmeasured.
+    # The training loss (forward with targets) pads the same way, chunk by chunk, with the padded columns
+    # masked out of the softmax (dist_llm/head_loss.py, pad_vocab_to).
     logits_row_multiple = 64
     pad_logits_on: tuple[str, ...] = ("cuda",)
 
@@ -108,8 +111,14 @@ class TransformerLM(nn.Module):
         return KVCache(self.config.num_layers, self.config.context_length)
 
     def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None, *,
-                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """token_ids (..., T) -> logits (..., T, vocab_size).
+                targets: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """token_ids (..., T) -> logits (..., T, vocab_size); or, given targets (..., T) of next-token
+        ids, the mean cross-entropy (float32 scalar; ids equal to -100 are left out).
+
+        With targets the head and the loss are computed together chunk by chunk of rows
+        (dist_llm/head_loss.py): the tokens x vocab logits never exist whole. That is the training path;
+        generation and evaluation take the logits. The loss is computed here, inside the model's
+        forward, because a sharded wrapper (FSDP) only gathers lm_head's weight during that forward.
 
         With kv_cache, token_ids are the next T tokens after the kv_cache.length cached ones; the cache
         is advanced by T.
@@ -118,6 +127,8 @@ class TransformerLM(nn.Module):
         attends only to earlier tokens of its own document, and with config.doc_positions its RoPE
         position counts from its document's first token. Not with kv_cache (generation is one document).
         """
+        if targets is not None and kv_cache is not None:
+            raise ValueError("targets (the training loss) and kv_cache (decoding) cannot be combined")
         start = 0 if kv_cache is None else kv_cache.length
         seq_len = token_ids.shape[-1]
         if start + seq_len > self.config.context_length:
@@ -135,9 +146,14 @@ class TransformerLM(nn.Module):
                 x = layer(x, kv_cache=kv_cache.layers[i], cache_start=start)
         if kv_cache is not None:
             kv_cache.length = start + seq_len
+        h = self.ln_final(x)
+        if targets is not None:
+            # The same CUDA row padding as _vocab_logits, applied per chunk (padded columns are masked).
+            pad_to = self.logits_row_multiple if h.device.type in self.pad_logits_on else 1
+            return linear_cross_entropy(h, self.lm_head.weight, targets, pad_vocab_to=pad_to)
         # Not while decoding with a cache: for a row or two of logits per step the padded copy of the
         # whole weight would cost more than the aligned GEMM saves.
-        return self._vocab_logits(self.ln_final(x), may_pad=kv_cache is None)
+        return self._vocab_logits(h, may_pad=kv_cache is None)
 
     def _document_inputs(self, token_ids: torch.Tensor, kv_cache: KVCache | None,
                          doc_ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | Any]:

@@ -10,8 +10,9 @@ for backward (norm inputs and outputs, q, k, v before and after RoPE, the attent
 projections' inputs; the SwiGLU d_ff-wide products), and about 3 * d_model float32 values outside the
 blocks (final norm, head input): within 1% of bench/bench_memory.py's exact count at the GPT-2-small
 shape in fp32. A checkpointed block keeps only its input (d_model float32 values per token); in backward
-one block at a time is recomputed. At the loss, the tokens x vocab logits and their float32 gradient
-exist for a moment on top of that.
+one block at a time is recomputed. At the loss (computed with the head, a chunk of rows at a time:
+dist_llm/head_loss.py), one chunk's logits and their float32 copy, the head weight's float32 gradient
+and the hidden states' gradient exist for a moment on top of that.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from dist_llm.config import ConfigError
+from dist_llm.head_loss import CHUNK_ELEMENTS, MAX_CHUNKS
 
 GIB = 1024**3
 
@@ -83,7 +85,8 @@ def plan_memory(model: nn.Module, *, strategy: str, shard_degree: int, micro_bat
     per_block = tokens * (12 * d + 4 * f) * compute_bytes
     checkpointed = {"none": 0, "full": layers, "selective": -(-layers // ac_every)}[activation_checkpointing]
     activations = (layers - checkpointed) * per_block + checkpointed * tokens * d * 4 + tokens * 3 * d * 4
-    transient = tokens * cfg.vocab_size * (compute_bytes + 4)  # the logits, and their fp32 gradient
+    chunk_rows = min(tokens, max(CHUNK_ELEMENTS // cfg.vocab_size, -(-tokens // MAX_CHUNKS)))
+    transient = chunk_rows * cfg.vocab_size * (compute_bytes + 4) + (cfg.vocab_size + tokens) * d * 4
     if checkpointed:
         transient += per_block  # the block recomputed in backward
     return MemoryPlan(parameters, gradients, optimizer, gathered, activations, transient,

@@ -15,8 +15,7 @@ from dist_llm.parallelize import ParallelModel
 
 
 def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], accum_steps: int,
-                     autocast: AbstractContextManager, scaler: torch.amp.GradScaler,
+                     accum_steps: int, autocast: AbstractContextManager, scaler: torch.amp.GradScaler,
                      doc_ids: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Accumulate the gradients of one global batch; return its mean loss (a device scalar: reading it
     would stall the device, so the caller reads it once, with the gradient norm).
@@ -29,9 +28,9 @@ def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Te
         masking = {"doc_ids": doc_ids(x)} if doc_ids is not None else {}
         with par.gradient_sync(micro == accum_steps - 1):  # covers forward and backward
             with autocast:
-                # No name for the logits: nothing holds them through backward unless the loss saved them
-                # (the eager fused loss does not: tokens x vocab less at the peak).
-                loss = loss_fn(par.train_step_module(x, **masking), y)
+                # The head and the loss computed together, chunk by chunk (dist_llm/head_loss.py): the
+                # tokens x vocab logits never exist whole.
+                loss = par.train_step_module(x, targets=y, **masking)
             # Each micro-batch is 1/accum_steps of the batch (and ranks are averaged), so the summed
             # gradients equal those of one big batch.
             scaler.scale(loss / accum_steps).backward()
