@@ -12,9 +12,12 @@
 #      peak memory against the fused loss and F.cross_entropy on full logits;
 #   4. the single-process trainer tests on the GPU (end to end, exact resume, gradient accumulation);
 #   5. `python -m dist_llm.train` on the built-in corpus in bf16 compiled, and in fp16 (gradient scaler);
+#   6. FSDP on one GPU (bench/bench_fsdp.py): GPT-2-small, fsdp against the unwrapped model, compiled bf16
+#      (target: at most 5% overhead); activation memory and a real step's peak against the memory plan,
+#      with and without activation checkpointing (bench/bench_memory.py --cuda);
 # then a summary: each step's status and time, the benchmark tables, the ratio against the baseline and
-# the chunked loss's memory. GPU_CHECK_EXTRA=1 adds information runs (eager, batch 32, CUDA graphs),
-# which need a larger budget.
+# the chunked loss's memory. GPU_CHECK_EXTRA=1 adds information runs (eager, batch 32, CUDA graphs, the
+# 1.2B config under fsdp for MFU, document masking), which need a larger budget.
 # On a CPU-only machine it says so, runs a quick CPU sanity check and exits with its status (0 if fine).
 # Every step has its own timeout; a failing step does not stop the later ones; the exit code is
 # non-zero if any step failed. Full logs are kept in $LOG_DIR (default: a fresh dir under /tmp).
@@ -23,8 +26,8 @@
 # 5 minutes): each step's timeout is cut to what is left, and a step that would start with less than
 # MIN_STEP_S (20) seconds left is skipped. Skipped or cut-short steps make the check fail as
 # INCOMPLETE, and the summary still prints, so a run on a lent GPU with a hard limit always reports.
-# The GPU steps' own timeouts add up to at most the default budget less RESERVED_S (60 s, kept for
-# the FSDP steps), so they all finish in the budget (tests/test_gpu_check.py checks the sum). On an
+# The GPU steps' own timeouts add up to at most the default budget (tests/test_gpu_check.py checks the
+# sum, and that the FSDP steps have their RESERVED_S), so they all finish in the budget. On an
 # H200 a compiled GPT-2-small model takes ~25-30 s to compile: that is why step 2 times two models
 # only, with 2 warm-up steps and 2 rounds of 10.
 set -euo pipefail
@@ -35,7 +38,7 @@ LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/dist_llm_gpu_check.XXXXXX)}"
 mkdir -p "$LOG_DIR"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-285}"
 MIN_STEP_S=20
-RESERVED_S=60  # of the default budget, for the FSDP steps (not yet here)
+RESERVED_S=60  # of the default budget, for the FSDP steps (step 6)
 CHECK_START=$(date +%s)
 DEADLINE=$((CHECK_START + BUDGET_S))
 STEPS=()
@@ -112,7 +115,10 @@ else
         --run.dir="$LOG_DIR/run_bf16" --train.precision=bf16 --train.compile=true
     run_step train-fp16 20 "$PYTHON" -m dist_llm.train "${TRAIN_ARGS[@]}" --run.dir="$LOG_DIR/run_fp16" \
         --train.precision=fp16
-    # (the FSDP steps go here, within RESERVED_S)
+    # FSDP (step 6): 35 + 25 = 60 s = RESERVED_S.
+    run_step bench-fsdp-gpt2 35 "$PYTHON" bench/bench_fsdp.py --config gpt2-small --dtype bf16 --compile \
+        --steps 5 --rounds 2 --warmup 2
+    run_step bench-memory 25 "$PYTHON" bench/bench_memory.py --cuda --skip-state
     # Information, with a larger budget (GPU_CHECK_EXTRA=1 GPU_CHECK_BUDGET_S=600): the benchmark eager
     # with the losses on full logits, at batch 32 (the logits no longer dominate memory), and with CUDA
     # graphs (torch.compile mode reduce-overhead).
@@ -123,9 +129,18 @@ else
             --dtype bf16 --compile --steps 10 --rounds 2 --warmup 2 --batch-size 32
         run_step bench-bf16-cudagraphs 120 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
             --dtype bf16 --compile --compile-mode reduce-overhead --steps 10 --rounds 2 --warmup 3
+        run_step bench-fsdp-1b 180 "$PYTHON" bench/bench_fsdp.py --config llama-1b --dtype bf16 --compile \
+            --with-ac --steps 5 --rounds 2 --warmup 2
+        run_step cuda-doc-masking-tests 90 env DIST_LLM_TEST_DEVICE=cuda "$PYTHON" -m pytest -q \
+            -p no:cacheprovider tests/test_doc_masking.py
+        run_step bench-doc-masking 150 "$PYTHON" bench/bench_model.py --config gpt2-small --device cuda \
+            --dtype bf16 --compile --steps 10 --rounds 2 --warmup 3 --with-doc-masking
     fi
 fi
 
+# The lines of each benchmark log the summary shows: headers, tables, ratios.
+SUMMARY_LINES='^(device:|measured|matmul peak|\||.* / (nanoGPT \(faithful baseline\)|baseline|without) ='
+SUMMARY_LINES+='|chunked |peak GPU|[0-9]\. |[a-z0-9-]+: batch )'
 echo
 echo "=== summary ($(($(date +%s) - CHECK_START)) s of a ${BUDGET_S} s budget)"
 echo "| step | status | time |"
@@ -135,8 +150,7 @@ for log in "$LOG_DIR"/bench-*.log "$LOG_DIR"/cpu-bench-*.log; do
     [ -f "$log" ] || continue
     echo
     echo "$(basename "$log" .log):"
-    grep -E '^(device:|measured|matmul peak|\||.* / (nanoGPT \(faithful baseline\)|baseline) =|chunked |peak GPU)' \
-        "$log" \
+    grep -E "$SUMMARY_LINES" "$log" \
         || echo "(no table: see $log)"
 done
 for log in "$LOG_DIR"/train-*.log; do
