@@ -116,3 +116,14 @@ def test_the_checks_find_broken_links_anchors_and_commands(tmp_path):
         "README.md: slurm/gone.sh (no such file)",
         "README.md: python -m dist_llm.nothing (no such module)",
     ]
+
+
+def test_config_reference_in_the_docs_is_current() -> None:
+    """docs/training.md's key table is generated from dist_llm/config.py; a key added, renamed or
+    redescribed there without regenerating the page fails here."""
+    from dist_llm.config_help import with_reference
+
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert page == with_reference(page), (
+        "docs/training.md's config reference is stale: run python -m dist_llm.config_help docs/training.md")
+    assert "`train.activation_checkpointing`" in page and "`dist.strategy`" in page
