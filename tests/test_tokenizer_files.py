@@ -104,7 +104,7 @@ def test_bytes_to_unicode_is_gpt2s_map():
 
 
 def test_gpt2_files_round_trip(tok, tmp_path):
-    vocab_path, merges_path = write_gpt2_files(tok, tmp_path)
+    vocab_path, merges_path = write_gpt2_files(tok.vocab, tok.merges, tmp_path)
     again = Tokenizer.from_files(vocab_path, merges_path, ["<|endoftext|>"])
     assert again.vocab == tok.vocab and again.merges == tok.merges
     assert again.fingerprint == tok.fingerprint

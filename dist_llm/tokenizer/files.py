@@ -23,16 +23,21 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from dist_llm.atomic_io import atomic_write
 
 from .errors import TokenizerError
 
-if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
-
 FILENAME = "dist_llm_tokenizer.json"
+
+
+class TokenizerFile(NamedTuple):
+    path: Path
+    vocab: dict[int, bytes]
+    merges: list[tuple[bytes, bytes]]
+    special_tokens: list[str]
+    fingerprint: str  # as recorded in the file
 FORMAT = "dist_llm_tokenizer"
 VERSION = 1
 
@@ -46,7 +51,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> str:
+Merges = list[tuple[bytes, bytes]]
+
+
+def write_tokenizer_file(directory: str | os.PathLike, vocab: dict[int, bytes], merges: Merges,
+                         special_tokens: list[str], fingerprint: str) -> str:
+    """Write `directory/dist_llm_tokenizer.json` (atomically); returns its path. Plain data in, so this
+    module knows nothing of the Tokenizer class (which calls it from save())."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise TokenizerError(f"cannot save the tokenizer into {str(directory)!r}: it is not a directory")
@@ -54,10 +65,10 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> str:
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "special_tokens": tok.special_tokens,
-        "vocab": [[i, _to_str(tok.vocab[i])] for i in sorted(tok.vocab)],
-        "merges": [[_to_str(left), _to_str(right)] for left, right in tok.merges],
-        "fingerprint": tok.fingerprint,
+        "special_tokens": special_tokens,
+        "vocab": [[i, _to_str(vocab[i])] for i in sorted(vocab)],
+        "merges": [[_to_str(left), _to_str(right)] for left, right in merges],
+        "fingerprint": fingerprint,
     }
     path = directory / FILENAME
     # One entry per line: diffable and greppable, still plain JSON.
@@ -82,9 +93,9 @@ def _from_str(value: Any, where: str, path: Path) -> bytes:
         ) from None
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    from .tokenizer import Tokenizer
-
+def read_tokenizer_file(path: str | os.PathLike) -> TokenizerFile:
+    """Read and check a file written by write_tokenizer_file (or its directory). Tokenizer.load builds
+    the tokenizer from it and checks the fingerprint."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
@@ -122,16 +133,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         merges.append(
             (_from_str(entry[0], f"merge #{n} left", path), _from_str(entry[1], f"merge #{n} right", path))
         )
-    try:
-        tok = Tokenizer(vocab, merges, doc["special_tokens"])
-    except TokenizerError as e:
-        raise TokenizerError(f"{path}: {e}") from None
-    if tok.fingerprint != doc["fingerprint"]:
-        raise TokenizerError(
-            f"{path}: fingerprint mismatch (file: {doc['fingerprint']}, contents: {tok.fingerprint}): "
-            "the file was edited or corrupted"
-        )
-    return tok
+    return TokenizerFile(path, vocab, merges, doc["special_tokens"], doc["fingerprint"])
 
 
 @lru_cache(maxsize=1)
@@ -204,7 +206,8 @@ def read_gpt2_files(
     return vocab, merges
 
 
-def write_gpt2_files(tok: Tokenizer, directory: str | os.PathLike) -> tuple[str, str]:
+def write_gpt2_files(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
+                     directory: str | os.PathLike) -> tuple[str, str]:
     """Writes `directory/vocab.json` and `directory/merges.txt` in GPT-2's format."""
     encoder = bytes_to_unicode()
     to_str = lambda token: "".join(encoder[b] for b in token)
@@ -212,8 +215,8 @@ def write_gpt2_files(tok: Tokenizer, directory: str | os.PathLike) -> tuple[str,
     directory.mkdir(parents=True, exist_ok=True)
     vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
     atomic_write_text(
-        vocab_path, json.dumps({to_str(t): i for i, t in sorted(tok.vocab.items())}, ensure_ascii=False)
+        vocab_path, json.dumps({to_str(t): i for i, t in sorted(vocab.items())}, ensure_ascii=False)
     )
-    lines = ["#version: 0.2", *(f"{to_str(left)} {to_str(right)}" for left, right in tok.merges)]
+    lines = ["#version: 0.2", *(f"{to_str(left)} {to_str(right)}" for left, right in merges)]
     atomic_write_text(merges_path, "\n".join(lines) + "\n")
     return str(vocab_path), str(merges_path)

@@ -11,6 +11,7 @@ from itertools import repeat
 from operator import iadd
 
 from .errors import TokenizerError
+from .files import read_gpt2_files, read_tokenizer_file, write_tokenizer_file
 from .pretokenize import pretokenize, special_token_regex, validate_special_tokens
 
 # Pre-token ids are cached; the cache is dropped when it has grown past this many entries, so memory
@@ -228,16 +229,22 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     def save(self, directory: str | os.PathLike) -> str:
         """Writes `directory/dist_llm_tokenizer.json` (atomically); returns its path."""
-        from .files import save_tokenizer
-
-        return save_tokenizer(self, directory)
+        return write_tokenizer_file(directory, self.vocab, self.merges, self.special_tokens, self.fingerprint)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Reads a tokenizer saved by `save`: its directory or the json file itself."""
-        from .files import load_tokenizer
-
-        return load_tokenizer(path)
+        saved = read_tokenizer_file(path)
+        try:
+            tok = cls(saved.vocab, saved.merges, saved.special_tokens)
+        except TokenizerError as e:
+            raise TokenizerError(f"{saved.path}: {e}") from None
+        if tok.fingerprint != saved.fingerprint:
+            raise TokenizerError(
+                f"{saved.path}: fingerprint mismatch (file: {saved.fingerprint}, contents: "
+                f"{tok.fingerprint}): the file was edited or corrupted"
+            )
+        return tok
 
     @classmethod
     def from_files(
@@ -247,8 +254,6 @@ class Tokenizer:
         special_tokens: Sequence[str] | None = None,
     ) -> Tokenizer:
         """Reads a GPT-2 style vocab.json + merges.txt pair."""
-        from .files import read_gpt2_files
-
         vocab, merges = read_gpt2_files(vocab_path, merges_path)
         return cls(vocab, merges, special_tokens)
 
