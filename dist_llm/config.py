@@ -65,7 +65,8 @@ class TokenizerSection:
 
 @dataclass
 class DataSection:
-    inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
+    inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in corpus data.builtin
+    builtin: str = "stories"  # with no inputs: "stories" (generated simple English) or "stdlib-docs"
     val_fraction: float = 0.02
     num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
     text_field: str = "text"  # the JSONL field / Parquet column holding each document's text
@@ -105,8 +106,8 @@ class EvalSection:
     interval: int = 20  # evaluate every N steps (0 = only at the end) and at the end of each epoch
     num_windows: int = 64  # fixed validation windows, spread evenly over the validation split
     batch_size: int = 32
-    sample_prompt: str = "The "
-    sample_tokens: int = 64
+    sample_prompt: str = "Once upon a time"
+    sample_tokens: int = 96
     temperature: float = 0.8
     top_k: int = 40  # 0 = no top-k filtering
 
@@ -322,6 +323,7 @@ def validate(cfg: RunConfig) -> None:
     _require(m.doc_masking or not m.doc_positions, "model.doc_positions",
              "= true needs model.doc_masking = true")
     _check_choice(cfg, "optim.impl", ("torch", "dist_llm"))
+    _check_choice(cfg, "data.builtin", ("stories", "stdlib-docs"))
     _check_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
     _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))
     _check_choice(cfg, "dist.strategy", ("ddp", "fsdp", "hsdp"))
