@@ -263,7 +263,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         if step == 0:
             evaluate_and_log(0)
             if log:
-                log.write({"event": "references", "step": 0, **references})
+                log.write({"step": 0, **references})  # once: the validation text does not change
                 say(outputs.references_line(references))
             if cfg.eval.sample_tokens and (main or par.sharded):  # the untrained model, to compare at the end
                 say("sample before training:\n" + outputs.sample_text(model, tokenizer, cfg.eval,

@@ -17,7 +17,8 @@ def test_unigram_bpb_by_hand():
     assert counts.tolist() == [0, 3, 1]
     # add-one smoothing over ids 0..2: p = (1, 4, 2) / 7; targets 1 and 2 stand for 1 and 2 bytes
     expected = (-math.log2(4 / 7) - math.log2(2 / 7)) / 3
-    assert unigram_bpb(counts, 3, np.array([[1, 2]]), np.array([0, 1, 2])) == pytest.approx(expected, rel=1e-12)
+    got = unigram_bpb(counts, 3, np.array([[1, 2]]), np.array([0, 1, 2]))
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 def test_gzip_bpb_is_the_gzip_size_in_bits_per_byte():
