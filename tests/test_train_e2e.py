@@ -37,7 +37,7 @@ def test_default_command_end_to_end(tiny_data, tmp_path):
     # the references, logged once, printed at the start and next to the final figures at the end
     [refs] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "unigram_bpb" in r]
     assert refs["step"] == 0 and 0 < refs["gzip_bpb"] < 8 and refs["unigram_bpb"] > 0
-    assert f"unigram {refs['unigram_bpb']:.2f} bpb, gzip -9 {refs['gzip_bpb']:.2f} bpb" in out
+    assert f"unigram {refs['unigram_bpb']:.2f} bpb (token frequencies), gzip -9 {refs['gzip_bpb']:.2f}" in out
     assert (f"done: step 30, val loss {evals[-1]['val_loss']:.3f}, val bpb {evals[-1]['val_bpb']:.3f} "
             f"(unigram {refs['unigram_bpb']:.2f}, gzip {refs['gzip_bpb']:.2f})") in out
     assert evals[0]["val_bpb"] > refs["unigram_bpb"]  # an untrained model knows less than token frequencies
