@@ -77,7 +77,8 @@ class SourceSection:
 
 @dataclass
 class DataSection:
-    inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in stdlib-docs corpus
+    inputs: list[str] = field(default_factory=list)  # text files; empty = the built-in corpus data.builtin
+    builtin: str = "stories"  # with no inputs: "stories" (generated simple English) or "stdlib-docs"
     val_fraction: float = 0.02  # share of the documents held out for validation
     num_workers: int = 0  # corpus preparation processes; 0 = one per CPU core
     text_field: str = "text"  # the JSONL field / Parquet column holding each document's text
@@ -119,8 +120,8 @@ class EvalSection:
     interval: int = 20  # evaluate every N steps (0 = only at the end) and at the end of each epoch
     num_windows: int = 64  # fixed validation windows, spread evenly over the validation split
     batch_size: int = 32  # validation windows per forward pass
-    sample_prompt: str = "The"  # the sample at the end continues this text
-    sample_tokens: int = 64  # length of that sample in tokens (0 = no sample)
+    sample_prompt: str = "Once upon a time"  # the samples before and after training continue this text
+    sample_tokens: int = 96  # length of those samples in tokens (0 = no sample)
     temperature: float = 0.8  # sampling temperature of the sample (0 = greedy)
     top_k: int = 40  # 0 = no top-k filtering
 
@@ -382,6 +383,7 @@ def validate(cfg: RunConfig) -> None:
     _require(m.doc_masking or not m.doc_positions, "model.doc_positions",
              "= true needs model.doc_masking = true")
     _check_choice(cfg, "optim.impl", ("torch", "dist_llm"))
+    _check_choice(cfg, "data.builtin", ("stories", "stdlib-docs"))
     _check_choice(cfg, "train.precision", ("fp32", "bf16", "fp16"))
     _check_choice(cfg, "dist.backend", ("auto", "nccl", "gloo"))
     _check_choice(cfg, "dist.strategy", ("ddp", "fsdp", "hsdp"))

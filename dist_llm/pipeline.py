@@ -35,11 +35,13 @@ SEPARATOR = "<|endoftext|>"
 
 
 def corpus_files(cfg: RunConfig) -> list[Path]:
-    """The configured input files, or the built-in corpus (created in the cache on first use)."""
+    """The configured input files, or the built-in corpus data.builtin (created in the cache on first use)."""
     if not cfg.data.inputs:
         from dist_llm.data.builtin_corpus import builtin_corpus_path
+        from dist_llm.data.stories import stories_corpus_path
 
-        return [Path(builtin_corpus_path(cfg.run.cache_dir))]
+        make = stories_corpus_path if cfg.data.builtin == "stories" else builtin_corpus_path
+        return [Path(make(cfg.run.cache_dir))]
     files = [Path(p) for p in cfg.data.inputs]
     for path in files:
         if not path.exists():

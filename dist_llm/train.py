@@ -268,8 +268,15 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
         elif log and init_source:
             log.write({"event": "init_from", "source": init_source["model_dir"]})
+        references = val_windows.references(train_data) if main else {}  # what the model must beat
         if step == 0:
             evaluate_and_log(0)
+            if log:
+                log.write({"step": 0, **references})  # once: the validation text does not change
+                say(outputs.references_line(references))
+            if cfg.eval.sample_tokens and (main or par.sharded):  # the untrained model, to compare at the end
+                say("sample before training:\n" + outputs.sample_text(model, tokenizer, cfg.eval,
+                                                                       cfg.run.seed))
         stop_reason = None
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         while step < plan.total_steps:
@@ -352,7 +359,10 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 outputs.write_final_model(run_dir, final_state or model_state_for_saving(model), config_dict)
                 say(f"final model: {run_dir / 'model.safetensors'}")
             if cfg.eval.sample_tokens and (main or par.sharded):  # a sharded model generates on every rank
-                say("sample:\n" + outputs.sample_text(model, tokenizer, cfg.eval, cfg.run.seed))
+                say(f"sample after {step} steps:\n" + outputs.sample_text(model, tokenizer, cfg.eval,
+                                                                             cfg.run.seed))
+            if main and last_eval:
+                say(outputs.summary_line(step, last_eval, references))
         if main:
             say(outputs.write_loss_plot(run_dir))
         distributed.barrier()

@@ -320,7 +320,12 @@ def test_one_document_corpus_holds_out_its_last_tokens(tmp_path, tok, capsys):
     assert read_split(tmp_path / "out", "val") == stream[-num_val:]
     assert meta["val_split"] == "last tokens"
     assert {s: meta["splits"][s]["num_documents"] for s in ("train", "val")} == {"train": 0, "val": 1}
-    assert "val is the last 0.1 of the tokens" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "val is the last 0.1 of the tokens" in out.err
+    # one document cut by tokens: said so, not "0 train + 1 val documents" next to a 90% train split
+    assert (f"1 document, split by tokens, {len(stream) - num_val:,} train + {num_val:,} val tokens"
+            in out.out), out.out
+    assert "val documents" not in out.out
     assert MemmapTokens(tmp_path / "out", "val", 16, tok.fingerprint).num_tokens == num_val
 
 

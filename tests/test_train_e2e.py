@@ -31,9 +31,17 @@ def test_default_command_end_to_end(tiny_data, tmp_path):
     out = proc.stdout
     assert "max_steps 30;" in out and "full config: " in out  # a one-line summary, not the whole config
     assert '"max_steps": 30' not in out
-    assert "sample:\nThe cat" in out
+    # a sample from the untrained model and one from the trained model, to compare
+    assert "sample before training:\nThe cat" in out and "sample after 30 steps:\nThe cat" in out
 
     evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+    # the references, logged once, printed at the start and next to the final figures at the end
+    [refs] = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "unigram_bpb" in r]
+    assert refs["step"] == 0 and 0 < refs["gzip_bpb"] < 8 and refs["unigram_bpb"] > 0
+    assert f"unigram {refs['unigram_bpb']:.2f} bpb (token frequencies), gzip -9 {refs['gzip_bpb']:.2f}" in out
+    assert (f"done: step 30, val loss {evals[-1]['val_loss']:.3f}, val bpb {evals[-1]['val_bpb']:.3f} "
+            f"(unigram {refs['unigram_bpb']:.2f}, gzip {refs['gzip_bpb']:.2f})") in out
+    assert evals[0]["val_bpb"] > refs["unigram_bpb"]  # an untrained model knows less than token frequencies
     assert [r["step"] for r in evals] == [0, 10, 20, 30]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # it learns
     for r in evals:

@@ -5,10 +5,10 @@
 Modules, one idea each: sources (finding and chunking inputs), formats (gzip, zstd and Parquet
 reading), prepare (parallel tokenization to token files + meta.json), shards (a split's stream as
 files of at most --shard-size tokens), parts (--part I/N preparation on many machines, and merge),
-cache (whether a prepared directory is up to date), meta (the meta.json format), builtin_corpus (the
-stdlib-docs corpus), memmap_tokens (windows over a split's token files), sampler (the global
-resumable sample order), mixture (weighted sources as one blended stream), loader (ShardedBatchLoader,
-get_batch).
+cache (whether a prepared directory is up to date), meta (the meta.json format), stories (the default
+built-in corpus, generated), builtin_corpus (the stdlib-docs corpus), memmap_tokens (windows over a
+split's token files), sampler (the global resumable sample order), mixture (weighted sources as one
+blended stream), loader (ShardedBatchLoader, get_batch).
 
 Importing this package is cheap: names are resolved on first use, so neither numpy nor torch is
 imported until a data class or function is actually needed.

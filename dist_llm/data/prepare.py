@@ -337,13 +337,16 @@ def _progress_bar(total_bytes: int, files: list[Path], enabled: bool) -> Any:
 def _print_summary(meta: dict, out_dir: Path, seconds: float) -> None:
     s = meta["splits"]
     mb = meta["num_input_bytes"] / 1e6
-    print(f"prepared {out_dir}: {s['train']['num_documents']:,} train + "
-          f"{s['val']['num_documents']:,} val documents, "
+    num_docs = s["train"]["num_documents"] + s["val"]["num_documents"]
+    if meta["val_split"] == "last tokens":  # per-split document counts would mislead ("0 train + 1 val")
+        docs = f"{num_docs:,} document{'s' if num_docs != 1 else ''}, split by tokens"
+    else:
+        docs = f"{s['train']['num_documents']:,} train + {s['val']['num_documents']:,} val documents"
+    print(f"prepared {out_dir}: {docs}, "
           f"{s['train']['num_tokens']:,} train + {s['val']['num_tokens']:,} val tokens ({meta['dtype']}), "
           f"{meta['bytes_per_token']:.2f} bytes/token, {mb:.1f} MB in {seconds:.1f} s "
           f"({mb / max(seconds, 1e-9):.2f} MB/s)")
     if meta["val_split"] == "last tokens":
-        num_docs = s["train"]["num_documents"] + s["val"]["num_documents"]
         print(f"note: whole documents left a split empty ({num_docs} in all), so val is the last "
               f"{meta['options']['val_fraction']:g} of the tokens instead; separate documents with "
               f"{meta['separator']!r} to hold out whole ones", file=sys.stderr)

@@ -29,9 +29,11 @@ class ValidationWindows:
         count = min(num_windows, len(dataset))
         chosen = np.unique(np.linspace(0, len(dataset) - 1, num=count).round().astype(np.int64))
         self.dataset = dataset
+        self.all_indices = chosen
         self.indices = chosen[rank::world_size]
         self.total_windows = len(chosen)
         self.byte_lengths = token_byte_lengths(tokenizer, vocab_size)
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self.separator = separator  # model.doc_masking: attention within documents, as in training
         # The most windows any rank has: under fsdp/hsdp every forward pass gathers parameters from all
         # ranks, so every rank must run as many batches as the busiest one.
@@ -51,6 +53,15 @@ class ValidationWindows:
         val_loss = loss_sum / tokens
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
                 "val_bpb": loss_sum / max(num_bytes, 1) / math.log(2)}
+
+    def references(self, train_data) -> dict[str, float]:
+        """{'unigram_bpb', 'gzip_bpb'}: simple predictors scored on the text of all the windows (every
+        rank's), the unigram fit on `train_data` (see references.py). Local: no collective."""
+        from dist_llm.training.references import reference_bpb
+
+        specials = {self.tokenizer.token_id(s) for s in self.tokenizer.special_tokens}
+        return reference_bpb(train_data.files, self.dataset.windows(self.all_indices), self.tokenizer.vocab,
+                             specials, self.vocab_size)
 
     @torch.no_grad()
     def _idle_batches(self, model: torch.nn.Module, batch_size: int, device: torch.device,

@@ -55,6 +55,19 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, 
     return cfg.sample_prompt + tokenizer.decode([i for i in new if i in tokenizer.vocab])
 
 
+def references_line(references: dict[str, float]) -> str:
+    """The reference figures (training/references.py) as printed before training starts."""
+    return (f"references on the validation text: unigram {references['unigram_bpb']:.2f} bpb (token "
+            f"frequencies), gzip -9 {references['gzip_bpb']:.2f} bpb (repeats)")
+
+
+def summary_line(step: int, last_eval: dict[str, float], references: dict[str, float]) -> str:
+    """The end of a run in one line: the last validation figures next to the references."""
+    refs = f" (unigram {references['unigram_bpb']:.2f}, gzip {references['gzip_bpb']:.2f})"
+    return (f"done: step {step}, val loss {last_eval['val_loss']:.3f}, val bpb {last_eval['val_bpb']:.3f}"
+            f"{refs}")
+
+
 def write_loss_plot(run_dir: Path) -> str:
     """Draw RUN/loss.png. The plot is a convenience at the end of the run: a missing matplotlib, or
     metrics.jsonl missing or with nothing to plot (removed or emptied by hand mid-run), is a message that
