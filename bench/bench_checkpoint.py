@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: s
 from bench_model import CONFIGS  # noqa: E402
 
 from dist_llm.checkpoint import model_state_for_saving, read_checkpoint, write_checkpoint  # noqa: E402
-from dist_llm.file_hash import file_sha256  # noqa: E402
 from dist_llm.model import TransformerLM  # noqa: E402
+from dist_llm.utils.file_hash import file_sha256  # noqa: E402
 
 
 def model_and_optimizer(config: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -1,10 +1,10 @@
 """FSDP on one device: its overhead against the unwrapped model, and a big model's throughput.
 
 Each row is a full training step (forward, chunked head + loss, backward, clipping, fused AdamW) of a
-model laid out by dist_llm.parallelize as the trainer does it, in one process: "unwrapped" is the model
-as a single process runs it; "fsdp" is FSDP2 on a 1-rank group (every all-gather and reduce-scatter is
-a local copy, so the difference is FSDP's own bookkeeping, casts and copies: the floor of its cost on
-many GPUs).
+model laid out by dist_llm.parallel.parallelize as the trainer does it, in one process: "unwrapped" is
+the model as a single process runs it; "fsdp" is FSDP2 on a 1-rank group (every all-gather and
+reduce-scatter is a local copy, so the difference is FSDP's own bookkeeping, casts and copies: the floor
+of its cost on many GPUs).
 Rows alternate in rounds; the median round counts. MFU is against the datasheet peak (bench/peak_flops.py).
 
 Targets (on an H100/H200, bf16, compiled):
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_flops import datasheet_peak, sync  # noqa: E402
 
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
-from dist_llm.parallelize import Parallelism, parallelize  # noqa: E402
+from dist_llm.parallel.parallelize import Parallelism, parallelize  # noqa: E402
 
 CONFIGS = {  # name: (model, micro-batch)
     "tiny": (ModelConfig(vocab_size=2048, context_length=128, d_model=128, num_layers=4, num_heads=4,

@@ -11,9 +11,9 @@ from fixed hidden states (tokens x d_model) and head weight (vocab x d_model), b
 gradients, under autocast for --dtype bf16/fp16 as the trainer runs. The default shape is GPT-2 small's
 step: 16 x 1,024 tokens, vocab 50,257, d_model 768. The three ways:
 - F.cross_entropy (baseline): the head's logits, then torch's loss on them (what nanoGPT does);
-- fused_cross_entropy: the head's logits, then dist_llm.losses.fused_cross_entropy (the previous
+- fused_cross_entropy: the head's logits, then dist_llm.model.losses.fused_cross_entropy (the previous
   training loss: the logits' gradient computed in its forward);
-- linear_cross_entropy (chunked): dist_llm.head_loss, head and loss chunk by chunk (the training loss).
+- linear_cross_entropy (chunked): dist_llm.model.head_loss, head and loss chunk by chunk (the training loss).
 Peak memory is what one call allocates above the inputs at its highest point (the two gradients
 included, alike for all): on CUDA torch.cuda.max_memory_allocated; on a CPU the profiler's memory
 accounting (profile_memory=True: every allocation and free, summed in time order). The results are
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: s
 from bench_model import DTYPES, bench_device  # noqa: E402
 from peak_flops import sync  # noqa: E402
 
-from dist_llm.head_loss import linear_cross_entropy  # noqa: E402
-from dist_llm.losses import fused_cross_entropy  # noqa: E402
+from dist_llm.model.head_loss import linear_cross_entropy  # noqa: E402
+from dist_llm.model.losses import fused_cross_entropy  # noqa: E402
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "F.cross_entropy (baseline)": lambda h, w, t: F.cross_entropy(h @ w.T, t),

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
-from dist_llm.parallelize import Parallelism, parallelize  # noqa: E402
+from dist_llm.parallel.parallelize import Parallelism, parallelize  # noqa: E402
 from dist_llm.training.memory import plan_memory  # noqa: E402
 
 GPT2_SMALL = ModelConfig(vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12,

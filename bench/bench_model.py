@@ -8,11 +8,11 @@ figure users would see against nanoGPT itself.
 One step = forward, loss, backward, optimizer step, on a fixed random batch (data loading excluded),
 done the way each one's trainer does it. Both models get the same width, depth, heads, context, batch,
 dtype, compile setting, torch threads and optimizer (torch.optim.AdamW with the kernel the trainer
-picks, fused on CUDA and CPU; or --optim ours for dist_llm.optim.AdamW). The loss is each model's own,
-computed inside its forward as each trainer calls it: ours model(x, targets=y), the head and
-cross-entropy fused chunk by chunk (dist_llm/head_loss.py), as dist_llm.train uses; nanoGPT's
+picks, fused on CUDA and CPU; or --optim ours for dist_llm.training.adamw.AdamW). The loss is each
+model's own, computed inside its forward as each trainer calls it: ours model(x, targets=y), the head and
+cross-entropy fused chunk by chunk (dist_llm/model/head_loss.py), as dist_llm.train uses; nanoGPT's
 F.cross_entropy on its full logits. --with-torch-loss adds, for information, our model's logits with
-F.cross_entropy, and --with-logits-loss with dist_llm.losses.fused_cross_entropy (the previous training
+F.cross_entropy, and --with-logits-loss with dist_llm.model.losses.fused_cross_entropy (the previous training
 loss). --compile compiles each model's forward with its loss, as both trainers do. Rounds alternate between
 the models so a drifting machine slows both alike; the best round of each gives the headline ratio (load
 from other processes only ever slows a round down, so the fastest round is the least disturbed estimate,
@@ -46,11 +46,11 @@ from nanogpt_style import NanoGPTStyleLM  # noqa: E402
 from peak_flops import datasheet_peak, measured_matmul_peak, sync  # noqa: E402
 
 from dist_llm.data.documents import document_ids  # noqa: E402
-from dist_llm.devices import resolve_device  # noqa: E402
-from dist_llm.losses import fused_cross_entropy  # noqa: E402  (--with-logits-loss)
 from dist_llm.model import ModelConfig, TransformerLM  # noqa: E402
-from dist_llm.optim import AdamW  # noqa: E402
+from dist_llm.model.losses import fused_cross_entropy  # noqa: E402  (--with-logits-loss)
+from dist_llm.training.adamw import AdamW  # noqa: E402
 from dist_llm.training.optimizer import adamw_kernel  # noqa: E402
+from dist_llm.utils.devices import resolve_device  # noqa: E402
 
 CONFIGS = {
     "tiny": ModelConfig(
@@ -79,7 +79,7 @@ CLOCK = time.perf_counter
 
 def bench_device(requested: str) -> torch.device:
     """--device: "auto" is CUDA if present, else CPU (DEFAULT_BATCH is sized for these two); an explicit
-    device must exist (dist_llm.devices.resolve_device raises ValueError otherwise)."""
+    device must exist (dist_llm.utils.devices.resolve_device raises ValueError otherwise)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return resolve_device(requested)

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from dist_llm.config import RunConfig, parse_args
-from dist_llm.distributed import select_device
-from dist_llm.losses import fused_cross_entropy
 from dist_llm.model import ModelConfig, TransformerLM
+from dist_llm.model.losses import fused_cross_entropy
+from dist_llm.parallel.distributed import select_device
 from dist_llm.training import precision
 from dist_llm.training.optimizer import build_optimizer
 from dist_llm.training.plan import make_plan
@@ -43,7 +43,7 @@ def real_batch(cfg: RunConfig, batch_size: int, device: torch.device) -> tuple[t
     """The first windows of the run's own token files (prepared, or reused from the cache), so both
     measurements see the same token statistics."""
     from dist_llm.data import MemmapTokens
-    from dist_llm.pipeline import prepare_data
+    from dist_llm.training.pipeline import prepare_data
 
     tokenizer, data_dir = prepare_data(cfg)
     windows = MemmapTokens(data_dir, "train", cfg.model.context_length, tokenizer.fingerprint)

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m dist_llm.evaluate --run-dir runs/small --data data/stdlib --split train
 
 Text and JSONL files are tokenized with the model's tokenizer into a cache (--cache-dir; reused while
-the files and the tokenizer are unchanged) and evaluated whole; see dist_llm/eval_data.py.
+the files and the tokenizer are unchanged) and evaluated whole; see dist_llm/data/eval_data.py.
 
 Under torchrun (or srun) each rank takes a disjoint share of the windows (rank r: windows r, r + world,
 r + 2*world, ...) and the sums are all-reduced, so the result is the same for any number of ranks.
@@ -33,14 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dist_llm import distributed
-from dist_llm.atomic_io import atomic_write_json
+from dist_llm.checkpoint.pretrained import PretrainedError, load_pretrained
 from dist_llm.data import DataError, MemmapTokens
 from dist_llm.data.documents import document_ids
-from dist_llm.eval_data import EvalData, is_prepared, resolve_eval_data
+from dist_llm.data.eval_data import EvalData, is_prepared, resolve_eval_data
 from dist_llm.model import TransformerLM
-from dist_llm.pretrained import PretrainedError, load_pretrained
+from dist_llm.parallel import distributed
 from dist_llm.tokenizer import Tokenizer
+from dist_llm.utils.atomic_io import atomic_write_json
 
 
 def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> torch.Tensor:

@@ -19,9 +19,9 @@ from typing import TextIO
 
 import torch
 
-from dist_llm.distributed import DistributedError, select_device
+from dist_llm.checkpoint.pretrained import PretrainedError, load_pretrained
 from dist_llm.model import TransformerLM, generate_stream
-from dist_llm.pretrained import PretrainedError, load_pretrained
+from dist_llm.parallel.distributed import DistributedError, select_device
 from dist_llm.tokenizer import Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
@@ -186,6 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dist_llm.cli_pipes import exit_code_in_a_pipe
+    from dist_llm.utils.cli_pipes import exit_code_in_a_pipe
 
     sys.exit(exit_code_in_a_pipe(main))  # `| head` ends generation quietly

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dist_llm.atomic_io import atomic_write
+from dist_llm.utils.atomic_io import atomic_write
 
 INSTALL_HINT = "matplotlib is needed for plots: pip install matplotlib  (or: bash install.sh plot)"
 LOSS_KEYS = ("train_loss", "val_loss")

@@ -27,13 +27,23 @@ from typing import Any
 
 import torch
 
-from dist_llm import distributed
-from dist_llm.atomic_io import atomic_write_json
 from dist_llm.checkpoint import CheckpointError, model_state_for_saving
 from dist_llm.config import ConfigError, RunConfig, parse_args, usage
 from dist_llm.data.documents import document_ids
-from dist_llm.distributed import DistContext, DistributedError, distributed_context
-from dist_llm.metrics import (
+from dist_llm.parallel import distributed
+from dist_llm.parallel.distributed import DistContext, DistributedError, distributed_context
+from dist_llm.parallel.parallelize import (
+    Parallelism,
+    ParallelismError,
+    effective_strategy,
+    hsdp_shape,
+    parallelize,
+)
+from dist_llm.training import outputs, precision
+from dist_llm.training.evaluation import format_eval, validation_windows
+from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
+from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
+from dist_llm.training.metrics import (
     MetricsLog,
     config_summary,
     console_line,
@@ -45,12 +55,6 @@ from dist_llm.metrics import (
     progress_bar,
     truncate_metrics,
 )
-from dist_llm.parallelize import Parallelism, ParallelismError, effective_strategy, hsdp_shape, parallelize
-from dist_llm.rng import seed_everything
-from dist_llm.training import outputs, precision
-from dist_llm.training.evaluation import format_eval, validation_windows
-from dist_llm.training.init_from import check_same_tokenizer, load_initial_weights, resolve_init_source
-from dist_llm.training.memory import MemoryPlan, check_fits, plan_memory
 from dist_llm.training.optimizer import build_optimizer, lr_at, set_lr
 from dist_llm.training.plan import make_plan, split_batch
 from dist_llm.training.preflight import PreflightError, check_run_setup
@@ -65,6 +69,8 @@ from dist_llm.training.state import (
     trainer_state_dict,
 )
 from dist_llm.training.step import forward_backward
+from dist_llm.utils.atomic_io import atomic_write_json
+from dist_llm.utils.rng import seed_everything
 
 
 class TrainingError(RuntimeError):
@@ -80,7 +86,7 @@ def train(cfg: RunConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     launch = distributed_context(cfg.dist.device, cfg.dist.backend, cfg.dist.timeout_s)
     with launch as ctx, contextlib.ExitStack() as cleanup:
         if not ctx.is_main:  # rank 0 reports the run; the others say they joined (one line each)
-            from dist_llm.rank_messages import ready_line
+            from dist_llm.parallel.rank_messages import ready_line
 
             print(ready_line(ctx.rank), flush=True)
         if stop is None:
@@ -168,7 +174,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
         # ---- data: rank 0 builds the tokenizer and token files, the others wait and reuse them
         from dist_llm.data import ShardedBatchLoader
         from dist_llm.model import TransformerLM
-        from dist_llm.pipeline import open_splits, prepare_sources
+        from dist_llm.training.pipeline import open_splits, prepare_sources
 
         tokenizer, data_dirs = prepare_sources(cfg)
         if init_source and explicit_tokenizer:
@@ -410,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], stop: StopRequest) -> int:
-    from dist_llm import elastic, rank_messages
     from dist_llm.data import DataError
+    from dist_llm.parallel import elastic, rank_messages
     from dist_llm.tokenizer import TokenizerError
 
     try:
@@ -422,7 +428,7 @@ def _main(argv: list[str], stop: StopRequest) -> int:
     except (ConfigError, CheckpointError, TrainingError, DistributedError, DataError, TokenizerError,
             PreflightError, RunLockError) as e:
         # Every rank reports (the process group may not exist yet: the rank comes from the launcher's
-        # variables); a config error, the same everywhere, once per node (see dist_llm/rank_messages.py).
+        # variables); a config error, the same everywhere, once per node (dist_llm/parallel/rank_messages.py).
         if (line := rank_messages.error_line(e)) is not None:
             print(line, file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

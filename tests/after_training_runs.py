@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from dist_llm.checkpoint import write_checkpoint
+from dist_llm.checkpoint.pretrained import save_pretrained
 from dist_llm.model import ModelConfig, TransformerLM
-from dist_llm.pretrained import save_pretrained
 from dist_llm.tokenizer import Tokenizer, train_bpe
 
 END_OF_TEXT = "<|endoftext|>"

@@ -1,4 +1,4 @@
-"""dist_llm.atomic_io: a write either replaces the file completely or leaves the old one untouched."""
+"""dist_llm.utils.atomic_io: a write either replaces the file completely or leaves the old one untouched."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import pytest
 import torch
 from after_training_runs import make_checkpoint, make_run, random_model, train_tiny_tokenizer
 
-from dist_llm.atomic_io import atomic_write, atomic_write_json, make_temp_dir
 from dist_llm.checkpoint import save_checkpoint
 from dist_llm.export.__main__ import main as export_main
+from dist_llm.utils.atomic_io import atomic_write, atomic_write_json, make_temp_dir
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -252,7 +252,7 @@ def test_rng_state_round_trips_through_json():
 
     import numpy as np
 
-    from dist_llm.rng import capture_rng_state, restore_rng_state
+    from dist_llm.utils.rng import capture_rng_state, restore_rng_state
 
     torch.manual_seed(1)
     random.seed(2)

@@ -1,12 +1,12 @@
 """`python -m dist_llm.train --help` and the config reference: every key has a one-line description, read
-from the comment on its line in dist_llm/config.py, so the help cannot drift from the dataclasses."""
+from the comment on its line in dist_llm/config/__init__.py, so the help cannot drift from the dataclasses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dist_llm.config import all_keys, parse_args
-from dist_llm.config_help import config_reference, field_descriptions
+from dist_llm.config.help import config_reference, field_descriptions
 from dist_llm.train import main
 
 

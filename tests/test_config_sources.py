@@ -85,7 +85,7 @@ def test_bad_source_in_a_file_names_the_file(tmp_path):
 
 def test_tokenizer_sample_takes_each_source_by_weight(tmp_path):
     """With tokenizer.train_max_bytes, a 3:1 mixture's BPE sample is 3/4 the first source's text."""
-    from dist_llm.pipeline import _mixture_sample
+    from dist_llm.training.pipeline import _mixture_sample
 
     big = tmp_path / "big.txt"
     big.write_text("aaaa aaaa\n" * 1000)

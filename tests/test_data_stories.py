@@ -11,7 +11,7 @@ import pytest
 from dist_llm.config import ConfigError, RunConfig, parse_args
 from dist_llm.data import stories
 from dist_llm.data.stories import SEPARATOR, generate_stories, stories_corpus_path
-from dist_llm.pipeline import corpus_files
+from dist_llm.training.pipeline import corpus_files
 
 
 def test_same_seed_same_stories_other_seed_other_stories():

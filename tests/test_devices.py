@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dist_llm.data import get_batch
-from dist_llm.devices import DeviceUnavailableError, resolve_device
+from dist_llm.utils.devices import DeviceUnavailableError, resolve_device
 
 
 def test_the_device_error_is_both_a_value_error_and_a_runtime_error() -> None:

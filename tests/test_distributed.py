@@ -7,8 +7,13 @@ import subprocess
 import pytest
 import torch
 
-from dist_llm import distributed
-from dist_llm.distributed import DistributedError, distributed_context, read_launch_env, select_device
+from dist_llm.parallel import distributed
+from dist_llm.parallel.distributed import (
+    DistributedError,
+    distributed_context,
+    read_launch_env,
+    select_device,
+)
 
 
 def test_torchrun_env_wins_over_slurm():

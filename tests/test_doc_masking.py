@@ -15,10 +15,10 @@ from device_under_test import TEST_DEVICE as DEVICE
 
 from dist_llm.config import ConfigError, RunConfig
 from dist_llm.data.documents import document_ids, separator_id
-from dist_llm.losses import cross_entropy
 from dist_llm.model import ModelConfig, TransformerLM, document_mask
 from dist_llm.model.config import architecture_differences
 from dist_llm.model.document_mask import document_causal_mask, document_positions
+from dist_llm.model.losses import cross_entropy
 
 SEP = 0  # the separator's token id in these tests; ordinary tokens are 1..96
 # head_dim 16: the smallest FlexAttention's GPU kernel takes

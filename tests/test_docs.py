@@ -119,11 +119,11 @@ def test_the_checks_find_broken_links_anchors_and_commands(tmp_path):
 
 
 def test_config_reference_in_the_docs_is_current() -> None:
-    """docs/training.md's key table is generated from dist_llm/config.py; a key added, renamed or
+    """docs/training.md's key table is generated from dist_llm/config/__init__.py; a key added, renamed or
     redescribed there without regenerating the page fails here."""
-    from dist_llm.config_help import with_reference
+    from dist_llm.config.help import with_reference
 
     page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     assert page == with_reference(page), (
-        "docs/training.md's config reference is stale: run python -m dist_llm.config_help docs/training.md")
+        "docs/training.md's config reference is stale: run python -m dist_llm.config.help docs/training.md")
     assert "`train.activation_checkpointing`" in page and "`dist.strategy`" in page

@@ -16,8 +16,8 @@ from launch_support import (
 )
 
 from dist_llm.config import ConfigError, RunConfig
-from dist_llm.elastic import FRESH_STORE_VAR, check_restartable, resume_after_restart
-from dist_llm.rank_messages import error_line, launch_ranks
+from dist_llm.parallel.elastic import FRESH_STORE_VAR, check_restartable, resume_after_restart
+from dist_llm.parallel.rank_messages import error_line, launch_ranks
 
 RESTARTABLE = {"TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_RESTART_COUNT": "0"}
 

@@ -17,9 +17,9 @@ from after_training_runs import (  # noqa: E402
 )
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from dist_llm.checkpoint.pretrained import load_pretrained  # noqa: E402
 from dist_llm.export.__main__ import main as export_main  # noqa: E402
 from dist_llm.export.hf_tokenizer import write_hf_tokenizer  # noqa: E402
-from dist_llm.pretrained import load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_full_format_and_activation_checkpointing_under_fsdp(tiny_data, tmp_path
     for name in reference:
         torch.testing.assert_close(consolidated[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
     # generate, evaluate and export read the sharded checkpoint directly
-    from dist_llm.pretrained import load_pretrained
+    from dist_llm.checkpoint.pretrained import load_pretrained
 
     model, _, _ = load_pretrained(checkpoint=fsdp_run / "checkpoints" / "step_00000008")
     for name, tensor in model.state_dict().items():

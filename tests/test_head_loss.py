@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from device_under_test import TEST_DEVICE as DEVICE
 
-from dist_llm.head_loss import linear_cross_entropy
 from dist_llm.model import TransformerLM
+from dist_llm.model.head_loss import linear_cross_entropy
 
 VOCAB, D_MODEL = 37, 16  # an odd vocabulary, as GPT-2's 50,257
 COMPILED = torch.compile(linear_cross_entropy)

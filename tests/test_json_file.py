@@ -1,9 +1,9 @@
-"""dist_llm.json_file.read_json: every way a JSON file can be unusable raises the caller's error class,
+"""dist_llm.utils.json_file.read_json: every way a JSON file can be unusable raises the caller's error class,
 naming the file, what is wrong and the caller's hint."""
 
 import pytest
 
-from dist_llm.json_file import read_json
+from dist_llm.utils.json_file import read_json
 
 
 class MyError(Exception):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from device_under_test import TEST_DEVICE as DEVICE
 
-from dist_llm.losses import cross_entropy, fused_cross_entropy
+from dist_llm.model.losses import cross_entropy, fused_cross_entropy
 
 BOTH = pytest.mark.parametrize("loss_fn", [cross_entropy, fused_cross_entropy], ids=["reference", "fused"])
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from device_under_test import TEST_DEVICE as DEVICE
 
-from dist_llm.losses import cross_entropy
 from dist_llm.model import Linear, ModelConfig, TransformerLM
-from dist_llm.optim import AdamW
+from dist_llm.model.losses import cross_entropy
+from dist_llm.training.adamw import AdamW
 
 # bf16 autocast exists on CPU and CUDA; fp16 autocast is a CUDA feature.
 AUTOCAST_DTYPES = [torch.bfloat16] + ([torch.float16] if DEVICE.type == "cuda" else [])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dist_llm.optim import AdamW, clip_grad_norm_, cosine_lr
+from dist_llm.training.adamw import AdamW, clip_grad_norm_, cosine_lr
 
 
 def _make_params(seed):

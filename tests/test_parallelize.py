@@ -12,9 +12,15 @@ from conftest import run_ranks
 from trainer_runs import tiny_train_args
 
 from dist_llm.config import ConfigError, load_config, parse_args
-from dist_llm.distributed import DistContext
 from dist_llm.model import ModelConfig, TransformerLM
-from dist_llm.parallelize import Parallelism, ParallelismError, checkpointed_blocks, hsdp_shape, parallelize
+from dist_llm.parallel.distributed import DistContext
+from dist_llm.parallel.parallelize import (
+    Parallelism,
+    ParallelismError,
+    checkpointed_blocks,
+    hsdp_shape,
+    parallelize,
+)
 from dist_llm.training.memory import plan_memory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +52,8 @@ def test_meta_init_equals_building_the_model_directly():
 def _sharded_init_on_rank(rank: int, strategy: str) -> dict:
     import torch.distributed as dist
 
-    from dist_llm.distributed import distributed_context
-    from dist_llm.shards import gathered
+    from dist_llm.parallel.distributed import distributed_context
+    from dist_llm.parallel.shards import gathered
 
     with distributed_context(device="cpu"):
         torch.manual_seed(3)

@@ -12,7 +12,7 @@ import sys
 import pytest
 from trainer_runs import tiny_train_args
 
-from dist_llm.metrics import console_line, progress_bar
+from dist_llm.training.metrics import console_line, progress_bar
 
 
 class FakeTerminal(io.StringIO):

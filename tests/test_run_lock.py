@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from launch_support import Launched, complete_checkpoints, launch_env, trained_steps, write_tiny_config
 
-from dist_llm.pipeline import PAUSE_ENV
+from dist_llm.training.pipeline import PAUSE_ENV
 from dist_llm.training.run_lock import LOCK_FILE, RunLockError, acquire_run_lock
 
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from trainer_runs import read_jsonl, tiny_train_args, train_losses, write_tiny_corpus
 
+from dist_llm.checkpoint.pretrained import load_pretrained
 from dist_llm.config import parse_args
-from dist_llm.pretrained import load_pretrained
 from dist_llm.train import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +25,7 @@ def source_run(tiny_data, tmp_path_factory):
 def _first_step_loss(args: list[str], model: torch.nn.Module) -> float:
     """The loss `model` gets on the micro-batches of a fresh run's first optimizer step (single process)."""
     from dist_llm.data import MemmapTokens, ShardedBatchLoader
-    from dist_llm.pipeline import prepare_data
+    from dist_llm.training.pipeline import prepare_data
     from dist_llm.training.plan import make_plan
 
     cfg = parse_args(args)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dist_llm import metrics
+from dist_llm.training import metrics
 
 
 @pytest.mark.parametrize(("name", "precision", "peak"), [

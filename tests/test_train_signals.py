@@ -15,7 +15,7 @@ import pytest
 from launch_support import Launched, complete_checkpoints, launch_env, trainer_state, write_tiny_config
 from trainer_runs import read_jsonl
 
-from dist_llm.pipeline import PAUSE_ENV
+from dist_llm.training.pipeline import PAUSE_ENV
 from dist_llm.training.signals import StopRequest
 
 

@@ -14,8 +14,8 @@ from dist_llm.checkpoint.store import CheckpointError, read_checkpoint
 
 def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the checkpoint's whole weights (float32) and config into `out`; returns `out`."""
+    from dist_llm.checkpoint.pretrained import save_pretrained
     from dist_llm.model import ModelConfig
-    from dist_llm.pretrained import save_pretrained
     from dist_llm.tokenizer import Tokenizer
 
     checkpoint, out = Path(checkpoint), Path(out)

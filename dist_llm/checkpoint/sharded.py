@@ -28,8 +28,8 @@ from dist_llm.checkpoint.store import (
     join_optimizer_state,
     jsonable_group,
 )
-from dist_llm.json_file import read_json
-from dist_llm.shards import is_dtensor
+from dist_llm.parallel.shards import is_dtensor
+from dist_llm.utils.json_file import read_json
 
 SHARDS_DIR = "shards"
 MODEL_PREFIX = "model/"

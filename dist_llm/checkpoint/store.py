@@ -34,12 +34,12 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors_bytes
 
-from dist_llm.atomic_io import atomic_write, fsync_path
 from dist_llm.checkpoint.space import out_of_space, tensor_bytes
-from dist_llm.file_hash import file_sha256
-from dist_llm.json_file import read_json
 from dist_llm.model.config import architecture_differences
-from dist_llm.shards import copy_full_into
+from dist_llm.parallel.shards import copy_full_into
+from dist_llm.utils.atomic_io import atomic_write, fsync_path
+from dist_llm.utils.file_hash import file_sha256
+from dist_llm.utils.json_file import read_json
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"

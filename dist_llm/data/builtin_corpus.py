@@ -29,7 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from dist_llm.atomic_io import atomic_write
+from dist_llm.utils.atomic_io import atomic_write
 
 SEPARATOR = "<|endoftext|>"
 CORPUS_VERSION = 1

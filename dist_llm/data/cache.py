@@ -13,7 +13,7 @@ import numpy as np
 
 from dist_llm.data.errors import DataError
 from dist_llm.data.meta import read_meta, split_files
-from dist_llm.file_hash import file_sha256
+from dist_llm.utils.file_hash import file_sha256
 
 SPLITS = ("train", "val")
 

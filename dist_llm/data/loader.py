@@ -14,7 +14,7 @@ import torch
 from dist_llm.data.memmap_tokens import MemmapTokens
 from dist_llm.data.mixture import MixtureTokens
 from dist_llm.data.sampler import GlobalWindowStream
-from dist_llm.devices import resolve_device
+from dist_llm.utils.devices import resolve_device
 
 
 def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

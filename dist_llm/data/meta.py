@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from dist_llm.atomic_io import atomic_write_json
 from dist_llm.data.errors import DataError
-from dist_llm.json_file import read_json
+from dist_llm.utils.atomic_io import atomic_write_json
+from dist_llm.utils.json_file import read_json
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from dist_llm.atomic_io import fsync_path
+from dist_llm.utils.atomic_io import fsync_path
 
 DEFAULT_SHARD_BYTES = 1 << 30  # about 1 GB per file: easy to copy, list and memory-map
 

@@ -22,7 +22,7 @@ import random
 import sys
 from pathlib import Path
 
-from dist_llm.atomic_io import atomic_write
+from dist_llm.utils.atomic_io import atomic_write
 
 SEPARATOR = "<|endoftext|>"
 STORIES_VERSION = 1  # bump when the grammar changes: the cached file name (and so the token cache) changes

@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dist_llm.checkpoint.pretrained import PretrainedError
 from dist_llm.export.convert import export_hf_from, import_hf
 from dist_llm.export.hf_llama import UnsupportedModelError
 from dist_llm.export.hf_tokenizer import TokenizerNotConvertible
-from dist_llm.pretrained import PretrainedError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,10 +14,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dist_llm.atomic_io import atomic_write_json
-from dist_llm.json_file import read_json
 from dist_llm.tokenizer import Tokenizer
 from dist_llm.tokenizer.files import bytes_to_unicode  # GPT-2's byte -> printable character table
+from dist_llm.utils.atomic_io import atomic_write_json
+from dist_llm.utils.json_file import read_json
 
 
 class TokenizerNotConvertible(ValueError):

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_llm.head_loss import linear_cross_entropy
 from dist_llm.model.attention import KVCache, LayerKVCache, MultiHeadSelfAttention
 from dist_llm.model.config import ModelConfig
 from dist_llm.model.document_mask import document_mask, document_positions
+from dist_llm.model.head_loss import linear_cross_entropy
 from dist_llm.model.layers import Embedding, Linear, RMSNorm, SwiGLU
 
 
@@ -64,7 +64,7 @@ class TransformerLM(nn.Module):
     # --with-unpadded-head times that). Only on the device types in pad_logits_on: CUDA, where it was
     # measured to help (README, Model); on a CPU it would be an extra weight copy per step, unmeasured.
     # The training loss (forward with targets) pads the same way, chunk by chunk, with the padded columns
-    # masked out of the softmax (dist_llm/head_loss.py, pad_vocab_to).
+    # masked out of the softmax (dist_llm/model/head_loss.py, pad_vocab_to).
     logits_row_multiple = 64
     pad_logits_on: tuple[str, ...] = ("cuda",)
 
@@ -116,7 +116,7 @@ class TransformerLM(nn.Module):
         ids, the mean cross-entropy (float32 scalar; ids equal to -100 are left out).
 
         With targets the head and the loss are computed together chunk by chunk of rows
-        (dist_llm/head_loss.py): the tokens x vocab logits never exist whole. That is the training path;
+        (dist_llm/model/head_loss.py): the tokens x vocab logits never exist whole. That is the training path;
         generation and evaluation take the logits. The loss is computed here, inside the model's
         forward, because a sharded wrapper (FSDP) only gathers lm_head's weight during that forward.
 

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dist_llm.atomic_io import atomic_write
+from dist_llm.utils.atomic_io import atomic_write
 
 from .errors import TokenizerError
 
@@ -47,7 +47,7 @@ def _to_str(token: bytes) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Never a half-written tokenizer file: see dist_llm.atomic_io."""
+    """Never a half-written tokenizer file: see dist_llm.utils.atomic_io."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

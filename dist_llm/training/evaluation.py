@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from dist_llm import distributed
 from dist_llm.evaluate import token_byte_lengths, window_loss_sums
+from dist_llm.parallel import distributed
 from dist_llm.tokenizer import Tokenizer
 
 
@@ -100,6 +100,16 @@ class MixtureValidation:
             out["val_loss"] += self.shares[name] * result["val_loss"]
             out["val_bpb"] += self.shares[name] * result["val_bpb"]
         out["val_ppl"] = math.exp(min(out["val_loss"], 700.0))
+        return out
+
+    def references(self, train_data) -> dict[str, float]:
+        """Each source's references (unigram_bpb/<name>, gzip_bpb/<name>) and their weighted means, as
+        val_bpb is weighted."""
+        out = {"unigram_bpb": 0.0, "gzip_bpb": 0.0}
+        for name, windows in self.per_source.items():
+            for key, value in windows.references(train_data.sources[name]).items():
+                out[f"{key}/{name}"] = value
+                out[key] += self.shares[name] * value
         return out
 
 

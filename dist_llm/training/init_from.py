@@ -1,13 +1,13 @@
 """Continued pretraining: start a fresh run from the weights of an existing model (`run.init_from`).
 
-The source is anything dist_llm.pretrained loads: a run directory, a checkpoint directory, or the output
-of `python -m dist_llm.export import-hf`. Only the weights come over; the optimizer, the LR schedule and
-the data position start fresh. The run's `model` section must describe the same model (the keys that
-may differ are `attn_impl` and `fused_ops`, implementation choices that do not change the weights, and
-`doc_masking` and `doc_positions`, training choices),
-and the run must tokenize with the source's tokenizer: with `tokenizer.path` empty it is taken from the
-source, otherwise it must be the same tokenizer. A resume that finds a checkpoint takes precedence: that
-checkpoint already holds weights that started from the source.
+The source is anything dist_llm.checkpoint.pretrained loads: a run directory, a checkpoint directory, or
+the output of `python -m dist_llm.export import-hf`. Only the weights come over; the optimizer, the LR
+schedule and the data position start fresh. The run's `model` section must describe the same model
+(the keys that may differ are `attn_impl` and `fused_ops`, implementation choices that do not change
+the weights, and `doc_masking` and `doc_positions`, training choices), and the run must tokenize with
+the source's tokenizer: with `tokenizer.path` empty it is taken from the source, otherwise it must be
+the same tokenizer. A resume that finds a checkpoint takes precedence: that checkpoint already holds
+weights that started from the source.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from dist_llm.config import ConfigError, RunConfig
 from dist_llm.model.config import architecture_differences
-from dist_llm.shards import copy_full_into
+from dist_llm.parallel.shards import copy_full_into
 
 
 def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
@@ -28,7 +28,7 @@ def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
 
     Returns {"model_dir", "tokenizer_dir", "note"} (JSON-able, so rank 0 can hand it to the others).
     """
-    from dist_llm.pretrained import PretrainedError, read_model_config, resolve_run
+    from dist_llm.checkpoint.pretrained import PretrainedError, read_model_config, resolve_run
 
     try:
         source = resolve_run(cfg.run.init_from)  # also accepts a checkpoint dir and import-hf output
@@ -50,7 +50,7 @@ def resolve_init_source(cfg: RunConfig) -> dict[str, str]:
 
 def check_same_tokenizer(source: dict[str, str], fingerprint: str, tokenizer_path: str) -> None:
     """The run's tokenizer must be the one the source model was trained with (ids mean the same tokens)."""
-    from dist_llm.pretrained import ModelSource, PretrainedError, load_tokenizer
+    from dist_llm.checkpoint.pretrained import ModelSource, PretrainedError, load_tokenizer
 
     try:
         theirs = load_tokenizer(ModelSource(source["model_dir"], source["tokenizer_dir"]))
@@ -63,7 +63,7 @@ def check_same_tokenizer(source: dict[str, str], fingerprint: str, tokenizer_pat
 
 def load_initial_weights(model: torch.nn.Module, source: dict[str, Any]) -> None:
     """Copy the source's weights into the freshly built model (names and shapes checked)."""
-    from dist_llm.pretrained import PretrainedError, check_weights_match, read_state_dict
+    from dist_llm.checkpoint.pretrained import PretrainedError, check_weights_match, read_state_dict
 
     try:
         state = read_state_dict(source["model_dir"])

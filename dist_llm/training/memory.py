@@ -11,7 +11,7 @@ projections' inputs; the SwiGLU d_ff-wide products), and about 3 * d_model float
 blocks (final norm, head input): within 1% of bench/bench_memory.py's exact count at the GPT-2-small
 shape in fp32. A checkpointed block keeps only its input (d_model float32 values per token); in backward
 one block at a time is recomputed. At the loss (computed with the head, a chunk of rows at a time:
-dist_llm/head_loss.py), one chunk's logits and their float32 copy, the head weight's float32 gradient
+dist_llm/model/head_loss.py), one chunk's logits and their float32 copy, the head weight's float32 gradient
 and the hidden states' gradient exist for a moment on top of that.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dist_llm.config import ConfigError
-from dist_llm.head_loss import CHUNK_ELEMENTS, MAX_CHUNKS
+from dist_llm.model.head_loss import CHUNK_ELEMENTS, MAX_CHUNKS
 
 GIB = 1024**3
 

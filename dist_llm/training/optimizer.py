@@ -7,7 +7,7 @@ import functools
 import torch
 
 from dist_llm.config import OptimSection
-from dist_llm.optim import AdamW, cosine_lr
+from dist_llm.training.adamw import AdamW, cosine_lr
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.device) -> torch.optim.Optimizer:

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import unwrap_model
 from dist_llm.config import EvalSection
 from dist_llm.tokenizer import Tokenizer
+from dist_llm.utils.atomic_io import atomic_write, atomic_write_json
 
 PREVIOUS_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors", "loss.png", "tokenizer",
                     "config.json")

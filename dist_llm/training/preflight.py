@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from dist_llm import distributed
 from dist_llm.config import RunConfig
+from dist_llm.parallel import distributed
 from dist_llm.training.run_lock import acquire_run_lock
 
 _REASONS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from dist_llm import distributed
 from dist_llm.checkpoint.sharded import checkpoint_format, load_into_sharded, save_shards, sharded_state
 from dist_llm.checkpoint.space import tensor_bytes
 from dist_llm.checkpoint.store import (
@@ -44,11 +43,12 @@ from dist_llm.checkpoint.store import (
     write_json_durably,
 )
 from dist_llm.config import ConfigError, RunConfig
-from dist_llm.file_hash import file_sha256
-from dist_llm.json_file import read_json
-from dist_llm.parallelize import ParallelModel
-from dist_llm.rng import capture_rng_state, restore_rng_state
-from dist_llm.shards import gathered, is_dtensor, shard_like
+from dist_llm.parallel import distributed
+from dist_llm.parallel.parallelize import ParallelModel
+from dist_llm.parallel.shards import gathered, is_dtensor, shard_like
+from dist_llm.utils.file_hash import file_sha256
+from dist_llm.utils.json_file import read_json
+from dist_llm.utils.rng import capture_rng_state, restore_rng_state
 
 # Per-process execution choices, not state: they must follow this run's optimizer, not the saved one.
 _LIVE_GROUP_KEYS = ("fused", "foreach", "capturable", "differentiable")

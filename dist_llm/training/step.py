@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from dist_llm.parallelize import ParallelModel
+from dist_llm.parallel.parallelize import ParallelModel
 
 
 def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -28,7 +28,7 @@ def forward_backward(par: ParallelModel, next_batch: Callable[[], tuple[torch.Te
         masking = {"doc_ids": doc_ids(x)} if doc_ids is not None else {}
         with par.gradient_sync(micro == accum_steps - 1):  # covers forward and backward
             with autocast:
-                # The head and the loss computed together, chunk by chunk (dist_llm/head_loss.py): the
+                # The head and the loss computed together, chunk by chunk (dist_llm/model/head_loss.py): the
                 # tokens x vocab logits never exist whole.
                 loss = par.train_step_module(x, targets=y, **masking)
             # Each micro-batch is 1/accum_steps of the batch (and ranks are averaged), so the summed

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dist_llm.shards import copy_full_into, is_dtensor
+from dist_llm.parallel.shards import copy_full_into, is_dtensor
 
 STRATEGIES = ("ddp", "fsdp", "hsdp")
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from dist_llm.atomic_io import atomic_write, atomic_write_json
 from dist_llm.checkpoint import COMPLETE as COMPLETE_MARKER
 from dist_llm.checkpoint import (
     CheckpointError,
@@ -28,9 +27,10 @@ from dist_llm.checkpoint import (
     read_full_state,
     verify_checkpoint,
 )
-from dist_llm.json_file import read_json
 from dist_llm.model import ModelConfig, TransformerLM
 from dist_llm.tokenizer import Tokenizer
+from dist_llm.utils.atomic_io import atomic_write, atomic_write_json
+from dist_llm.utils.json_file import read_json
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

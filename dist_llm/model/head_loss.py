@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from dist_llm.losses import check_target_range
+from dist_llm.model.losses import check_target_range
 
 # Rows per chunk are chosen so that one chunk's logits hold about this many elements (64 MB in float32),
 # with at most MAX_CHUNKS chunks: torch.compile unrolls the loop, so compile time grows with their number

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 
 
 class ConfigError(ValueError):
@@ -457,7 +457,7 @@ def _validate_sources(data: DataSection) -> None:
 
 def usage() -> str:
     """The --help text (it lives in config_help.py, with the key descriptions)."""
-    from dist_llm.config_help import usage as help_text
+    from dist_llm.config.help import usage as help_text
 
     return help_text()
 

@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dist_llm import distributed
-from dist_llm.atomic_io import atomic_write_json
 from dist_llm.config import ConfigError, RunConfig
+from dist_llm.parallel import distributed
 from dist_llm.tokenizer import Tokenizer, train_bpe
+from dist_llm.utils.atomic_io import atomic_write_json
 
 SEPARATOR = "<|endoftext|>"
 
@@ -183,7 +183,8 @@ def source_files(cfg: RunConfig) -> list[list[Path]]:
 def prepare_data(cfg: RunConfig) -> tuple[Tokenizer, Path]:
     """(tokenizer, token-file directory) of the one-source form (data.inputs); see prepare_sources."""
     if cfg.data.sources:
-        raise ConfigError("'data.sources' is a mixture: prepare it with dist_llm.pipeline.prepare_sources")
+        raise ConfigError("'data.sources' is a mixture: prepare it with "
+                          "dist_llm.training.pipeline.prepare_sources")
     tokenizer, dirs = prepare_sources(cfg)
     return tokenizer, dirs[""]
 

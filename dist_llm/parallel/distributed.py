@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dist_llm.devices import resolve_device
+from dist_llm.utils.devices import resolve_device
 
 
 class DistributedError(RuntimeError):

@@ -134,7 +134,7 @@ class _EagerCrossEntropy(torch.autograd.Function):
         if grad is None:
             raise RuntimeError(
                 "fused_cross_entropy: backward ran twice through one forward; its gradient buffer is "
-                "consumed by the first backward (use dist_llm.losses.cross_entropy with retain_graph)"
+                "consumed by the first backward (use dist_llm.model.losses.cross_entropy with retain_graph)"
             )
         ctx.grad_logits = None
         grad.mul_(ctx.row_scale * grad_loss)
