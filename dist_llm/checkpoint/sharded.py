@@ -15,6 +15,7 @@ param groups go to optimizer.json, like there.
 from __future__ import annotations
 
 import concurrent.futures
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def load_shards(path: str | Path, template: dict[str, torch.Tensor]) -> None:
     path = Path(path)
     distributed = any(is_dtensor(t) for t in template.values())
     try:
-        dcp.load(template, storage_reader=_reader(path), no_dist=not distributed)
+        with warnings.catch_warnings():  # reading whole tensors in one process is what no_dist is for
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(template, storage_reader=_reader(path), no_dist=not distributed)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read the sharded tensors ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
