@@ -176,3 +176,34 @@ def test_cli_in_a_fresh_process_reads_parquet_and_zstd(tmp_path, tok):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert read_stream(tmp_path / "out", "train") == expected_ids(tok, {"a": docs, "b": docs}, 0.0)["train"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "gzip"])
+def test_tokenizer_of_a_run_learns_from_the_text_not_the_file_bytes(tmp_path, kind):
+    """With no tokenizer.path the run trains BPE on its inputs: on the decoded documents, never on JSON
+    syntax, Parquet pages or compressed bytes."""
+    import gzip
+    import json
+
+    from dist_llm.config import parse_args
+    from dist_llm.tokenizer import Tokenizer
+    from dist_llm.training.pipeline import build_tokenizer
+
+    docs = [f"the quick brown fox {i % 7} jumps over the lazy dog" for i in range(300)]
+    if kind == "jsonl":
+        path = tmp_path / "docs.jsonl"
+        path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    elif kind == "gzip":
+        path = tmp_path / "docs.txt.gz"
+        path.write_bytes(gzip.compress("\n<|endoftext|>\n".join(docs).encode()))
+    else:
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        path = tmp_path / "docs.parquet"
+        pq.write_table(pa.table({"text": docs}), path)
+    cfg = parse_args([f"--data.inputs={path}", "--model.vocab_size=300", f"--run.cache_dir={tmp_path / 'c'}",
+                      "--tokenizer.num_workers=1"])
+    tok = Tokenizer.load(build_tokenizer(cfg, [path]))
+    learned = [left + right for left, right in tok.merges]
+    assert b" the" in learned or b"the" in learned  # the text's words...
+    assert not any(set(token) & set(b'{}":') for token in learned)  # ...and no JSON syntax
+    assert not any(token.startswith(b"PAR1") for token in learned)

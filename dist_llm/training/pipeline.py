@@ -58,8 +58,14 @@ def _digest(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _training_sample(files: list[Path], max_bytes: int, out: Path) -> list[Path]:
-    """The first max_bytes of the corpus (cut at a line end) as one file, for BPE training."""
+def _training_sample(files: list[Path], max_bytes: int, out: Path, text_field: str = "text") -> list[Path]:
+    """The first max_bytes of the corpus (all of it for 0) as text files BPE training reads.
+
+    Plain .txt files are used as they are (cut at a line end). Any other input (JSONL, Parquet, gzip or
+    zstd) is decoded into its documents first, by the readers data preparation uses, so that BPE learns
+    from the text and never from JSON syntax or compressed bytes."""
+    if not all(p.name.lower().endswith(".txt") for p in files):
+        return [_decoded_sample(files, max_bytes, out, text_field)]
     if max_bytes <= 0 or sum(p.stat().st_size for p in files) <= max_bytes:
         return files
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -78,15 +84,32 @@ def _training_sample(files: list[Path], max_bytes: int, out: Path) -> list[Path]
     return [out]
 
 
-def _mixture_sample(groups: list[list[Path]], weights: list[float], max_bytes: int,
-                    out_dir: Path) -> list[Path]:
-    """Each source's share (by weight) of a max_bytes BPE training sample; all files when max_bytes is 0."""
-    if max_bytes <= 0:
-        return [p for files in groups for p in files]
+def _decoded_sample(files: list[Path], max_bytes: int, out: Path, text_field: str) -> Path:
+    """The documents of `files`, separated by the separator token, up to about max_bytes (0: all)."""
+    from dist_llm.data.sources import iter_chunks, split_chunk
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    written = 0
+    with open(tmp, "w", encoding="utf-8") as dst:
+        for path in files:
+            for chunk in iter_chunks(path, 1 << 20, SEPARATOR, text_field):
+                for _, piece, ends in split_chunk(chunk, SEPARATOR, text_field=text_field, bad=[]):
+                    written += dst.write(piece + (f"\n{SEPARATOR}\n" if ends else ""))
+                if 0 < max_bytes <= written:
+                    break
+            if 0 < max_bytes <= written:
+                break
+    os.replace(tmp, out)
+    return out
+
+
+def _mixture_sample(groups: list[list[Path]], weights: list[float], max_bytes: int, out_dir: Path,
+                    text_field: str = "text") -> list[Path]:
+    """Each source's share (by weight) of a max_bytes BPE training sample; all of it when max_bytes is 0."""
     total = sum(weights)
     return [p for i, (files, w) in enumerate(zip(groups, weights, strict=True))
-            for p in _training_sample(files, max(1, int(max_bytes * w / total)),
-                                      out_dir / f"training_sample_{i}.txt")]
+            for p in _training_sample(files, max(1, int(max_bytes * w / total)) if max_bytes > 0 else 0,
+                                      out_dir / f"training_sample_{i}.txt", text_field)]
 
 
 def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] | None = None) -> Path:
@@ -100,6 +123,8 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
     settings = {"inputs": _inputs_key(files), "vocab_size": cfg.model.vocab_size,
                 "special_tokens": cfg.tokenizer.special_tokens,
                 "train_max_bytes": cfg.tokenizer.train_max_bytes}
+    if not all(p.name.lower().endswith(".txt") for p in files):  # trained on the decoded documents
+        settings["sample"] = {"decoded": True, "text_field": cfg.data.text_field}
     weights = [s.weight for s in cfg.data.sources]
     if groups is not None and cfg.tokenizer.train_max_bytes > 0:  # the sample depends on the weights
         settings["sources"] = [[len(g), w] for g, w in zip(groups, weights, strict=True)]
@@ -109,9 +134,11 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
         return out_dir
     with removed_on_failure(out_dir):
         if groups is None:
-            sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt")
+            sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt",
+                                      cfg.data.text_field)
         else:
-            sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir)
+            sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir,
+                                     cfg.data.text_field)
         print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
         workers = cfg.tokenizer.num_workers or None
         vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,
