@@ -199,3 +199,22 @@ def test_sharded_format_in_a_single_process_fails_before_any_work(tiny_data, tmp
     err = capsys.readouterr().err
     assert "'checkpoint.format' sharded needs a sharded model" in err and "this run has one process" in err
     assert not cache.exists()  # no tokenizer trained, no data prepared
+
+
+@pytest.mark.slow
+def test_regional_compile_with_activation_checkpointing_matches_eager():
+    """With checkpointing (or fsdp) train.compile compiles each block on its own; the compiled,
+    checkpointed blocks give eager's loss and gradients, and the parameter names stay plain."""
+    eager_loss, eager_grads = _loss_and_grads("none")
+    torch.manual_seed(0)
+    par = parallelize(_build, Parallelism(activation_checkpointing="full", compile=True), 1,
+                      torch.device("cpu"))
+    assert par.train_step_module is par.model  # regional: no whole-model wrapper, no _orig_mod. names
+    assert set(dict(par.model.named_parameters())) == set(eager_grads)
+    x = torch.randint(0, SMALL.vocab_size, (4, SMALL.context_length),
+                      generator=torch.Generator().manual_seed(1))
+    loss = torch.nn.functional.cross_entropy(par.train_step_module(x).flatten(0, 1), x.flatten())
+    loss.backward()
+    assert loss.item() == pytest.approx(eager_loss, rel=1e-5)
+    for name, param in par.model.named_parameters():
+        torch.testing.assert_close(param.grad, eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
