@@ -6,6 +6,7 @@ Both share the COMPLETE manifest, verification, retention and the search for the
 """
 
 from dist_llm.checkpoint.sharded import checkpoint_format, read_full_state
+from dist_llm.checkpoint.single_file import load_checkpoint, save_checkpoint
 from dist_llm.checkpoint.store import (
     COMPLETE,
     CONFIG,
@@ -20,12 +21,10 @@ from dist_llm.checkpoint.store import (
     find_latest_checkpoint,
     join_optimizer_state,
     list_complete,
-    load_checkpoint,
     load_model_state,
     model_state_for_saving,
     prune_checkpoints,
     read_checkpoint,
-    save_checkpoint,
     split_optimizer_state,
     step_dir_name,
     unwrap_model,

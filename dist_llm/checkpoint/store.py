@@ -26,13 +26,11 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
-from safetensors.torch import save as save_safetensors_bytes
 
 from dist_llm.checkpoint.space import out_of_space, tensor_bytes
 from dist_llm.model.config import architecture_differences
@@ -446,78 +444,3 @@ def _check_weights_fit(own: dict[str, torch.Tensor], saved: dict[str, tuple[int,
     if missing or unexpected or shapes:
         raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]})")
-
-
-# ---------------------------------------------------------------- the small public API
-
-def _is_file_object(target: Any) -> bool:
-    return hasattr(target, "write") or hasattr(target, "read")
-
-
-def _blob(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> bytes:
-    tensors = {f"model/{k}": v for k, v in model_state_for_saving(model).items()}
-    opt_tensors, opt_meta = split_optimizer_state(optimizer.state_dict())
-    tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
-    metadata = {"format": "dist_llm.checkpoint", "iteration": str(int(iteration)),
-                "optimizer": json.dumps(opt_meta)}
-    return save_safetensors_bytes(tensors, metadata=metadata)
-
-
-def save_checkpoint(path: str | os.PathLike | BinaryIO, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, iteration: int) -> None:
-    """Save model + optimizer + iteration.
-
-    An open binary file gets one safetensors blob (metadata holds the iteration and optimizer scalars);
-    so does a path with a file suffix (e.g. `ckpt.safetensors`), written atomically; any other path
-    becomes a checkpoint directory in the trainer's format.
-    """
-    if _is_file_object(path):
-        path.write(_blob(model, optimizer, iteration))
-        return
-    path = Path(path)
-    if path.suffix and not path.is_dir():
-        blob = _blob(model, optimizer, iteration)
-        atomic_write(path, lambda tmp: tmp.write_bytes(blob))
-        return
-    bare = unwrap_model(model)
-    config = {"model": bare.config.to_dict()} if hasattr(getattr(bare, "config", None), "to_dict") else {}
-    tmp_root = path.parent / f".tmp_{path.name}_{os.getpid()}"
-    written = write_checkpoint(tmp_root, iteration, model_state=model_state_for_saving(model),
-                               optimizer_state=optimizer.state_dict(), trainer_state={"step": int(iteration)},
-                               config=config)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(written, path)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-
-
-def load_checkpoint(path: str | os.PathLike | BinaryIO, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None) -> int:
-    """Restore what save_checkpoint wrote (either form) into model and optimizer; return the iteration."""
-    if _is_file_object(path) or Path(path).is_file():
-        if _is_file_object(path):
-            data, source = path.read(), getattr(path, "name", "<file object>")
-        else:
-            data, source = Path(path).read_bytes(), path
-        try:
-            (header_len,) = struct.unpack("<Q", data[:8])
-            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-            tensors = load_safetensors_bytes(data)
-        except (struct.error, ValueError, SafetensorError) as e:
-            raise CheckpointError(f"{source}: not a readable checkpoint file ({e})") from None
-        if metadata.get("format") != "dist_llm.checkpoint":
-            raise CheckpointError(f"{source}: not a dist_llm checkpoint (metadata {metadata})")
-        load_model_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, source)
-        if optimizer is not None:
-            opt_tensors = {k[10:]: v for k, v in tensors.items() if k.startswith("optimizer/")}
-            opt_meta = json.loads(metadata["optimizer"])
-            optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_meta, optimizer))
-        return int(metadata["iteration"])
-    loaded = read_checkpoint(path, optimizer)
-    load_model_state(model, loaded.model_state, loaded.path)
-    if optimizer is not None:
-        if loaded.optimizer_state is None:
-            raise CheckpointError(f"{loaded.path}: has no optimizer state")
-        optimizer.load_state_dict(loaded.optimizer_state)
-    return int(loaded.trainer_state["step"])
-
