@@ -285,14 +285,14 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                                                                        cfg.run.seed))
         stop_reason = None
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        # model.doc_masking: each batch's document numbers, so attention stays inside documents
+        doc_ids = None if separator is None else functools.partial(document_ids, separator_id=separator)
         while step < plan.total_steps:
             # -- one optimizer step: accum_steps micro-batches, gradients synchronised on the last only
             lr = lr_at(step, cfg.optim, plan.decay_steps)
             set_lr(optimizer, lr)
             epoch_before = loader.epoch
-            step_loss = forward_backward(par, loader.next_batch, plan.accum_steps, autocast, scaler,
-                                         doc_ids=None if separator is None else
-                                         functools.partial(document_ids, separator_id=separator))
+            step_loss = forward_backward(par, loader.next_batch, plan.accum_steps, autocast, scaler, doc_ids)
             scaler.unscale_(optimizer)
             grad_norm = par.clip_grad_norm_(max_norm)  # the global norm, whatever the strategy
             # One device->host read per step (both scalars at once): needed to stop on a non-finite loss.
