@@ -49,10 +49,6 @@ class Parallelism:
     compile: bool = False
     param_dtype: torch.dtype | None = None  # fsdp/hsdp mixed precision: the dtype blocks compute in
 
-    @property
-    def sharded(self) -> bool:
-        return self.strategy in ("fsdp", "hsdp")
-
 
 def effective_strategy(strategy: str, world_size: int) -> str:
     """"single" for one process (nothing to replicate or shard), else the configured strategy."""
@@ -194,17 +190,19 @@ def parallelize(build: Callable[[], nn.Module], par: Parallelism, world_size: in
     shard_one_rank: apply fsdp even to a single process (a 1-rank process group must exist), which
     only a benchmark of fsdp's own overhead wants."""
     strategy = par.strategy if shard_one_rank else effective_strategy(par.strategy, world_size)
+    sharded = strategy in ("fsdp", "hsdp")
     with torch.device("meta"):
         model = build()
     blocks = model.layers
     apply_activation_checkpointing(blocks, par.activation_checkpointing, par.ac_every)
-    regional = par.compile and (strategy in ("fsdp", "hsdp") or par.activation_checkpointing != "none")
+    regional = par.compile and (sharded or par.activation_checkpointing != "none")
     if regional:
         compile_blocks(blocks)
-    if strategy in ("fsdp", "hsdp"):
+    if sharded:
         _fully_shard(model, par, strategy, world_size, device)
-    materialize(model, torch.device("cpu") if par.cpu_offload and strategy in ("fsdp", "hsdp") else device)
-    if par.cpu_offload and strategy in ("fsdp", "hsdp"):
+    offloaded = par.cpu_offload and sharded
+    materialize(model, torch.device("cpu") if offloaded else device)
+    if offloaded:
         for module in model.modules():  # parameters live on the CPU; buffers are used where compute runs
             for name, buffer in module.named_buffers(recurse=False):
                 module._buffers[name] = buffer.to(device)
