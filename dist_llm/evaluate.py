@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from dist_llm.checkpoint.pretrained import PretrainedError, load_pretrained
 from dist_llm.data import DataError, MemmapTokens
-from dist_llm.data.documents import document_ids
+from dist_llm.data.documents import document_ids, separator_id
 from dist_llm.data.eval_data import EvalData, is_prepared, resolve_eval_data
 from dist_llm.model import TransformerLM
 from dist_llm.parallel import distributed
@@ -80,7 +80,8 @@ def window_loss_sums(
         windows = torch.from_numpy(dataset.windows(indices[start : start + batch_size])).to(device)
         x, y = windows[:, :-1], windows[:, 1:]
         with autocast:
-            logits = model(x, doc_ids=document_ids(x, separator)) if separator is not None else model(x)
+            # doc_ids only when masking: any model that maps ids to logits can be evaluated otherwise
+            logits = model(x) if separator is None else model(x, doc_ids=document_ids(x, separator))
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
         loss_sum += loss.item()
         tokens += y.numel()
@@ -92,14 +93,15 @@ def window_loss_sums(
 def evaluate_windows(
     model: TransformerLM, dataset: MemmapTokens, byte_lengths: torch.Tensor, *, batch_size: int,
     rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32, progress: bool = False,
+    dtype: torch.dtype = torch.float32, progress: bool = False, separator: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """window_loss_sums over this rank's share of every window (r, r + world_size, ...)."""
+    """window_loss_sums over this rank's share of every window (r, r + world_size, ...); separator: see
+    window_loss_sums (a model trained with model.doc_masking is evaluated as it was trained)."""
     device = torch.device(device)
     indices = np.arange(rank, len(dataset), world_size, dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     return window_loss_sums(model, dataset, indices, byte_lengths, batch_size=batch_size, device=device,
-                            autocast=autocast, progress=progress)
+                            autocast=autocast, progress=progress, separator=separator)
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
@@ -166,6 +168,7 @@ def run_evaluation(args: argparse.Namespace, ctx: distributed.DistContext) -> di
         model, dataset, token_byte_lengths(tokenizer, model.config.vocab_size), batch_size=args.batch_size,
         rank=ctx.rank, world_size=ctx.world_size, device=ctx.device, dtype=getattr(torch, args.dtype),
         progress=ctx.is_main and sys.stderr.isatty(),
+        separator=separator_id(dataset.meta) if model.config.doc_masking else None,
     )  # fmt: skip
     keys = ("loss_sum", "tokens", "bytes", "windows")
     sums = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys]), strict=True))

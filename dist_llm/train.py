@@ -181,7 +181,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             check_same_tokenizer(init_source, tokenizer.fingerprint, explicit_tokenizer)
         ctx_len = cfg.model.context_length
         train_data, val_data, where = open_splits(cfg, data_dirs, tokenizer.fingerprint)
-        plan = make_plan(cfg, ctx.world_size, len(train_data), getattr(train_data, "limit", None), say)
+        plan = make_plan(cfg, ctx.world_size, len(train_data), getattr(train_data, "limit", None), say, split)
         say(f"data: {train_data.num_tokens:,} train / {val_data.num_tokens:,} val tokens in {where}; "
             f"global batch {plan.global_batch_seqs} x {ctx_len} tokens = {plan.micro_batch_size} per "
             f"micro-step x {plan.accum_steps} accumulation steps x {ctx.world_size} rank(s); "
@@ -274,12 +274,13 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
             log.write({"event": "resume", "from_step": step, "checkpoint": str(chosen)})
         elif log and init_source:
             log.write({"event": "init_from", "source": init_source["model_dir"]})
-        references = val_windows.references(train_data) if main else {}  # what the model must beat
+        # What the model must beat (rank 0; read from the data only when shown: at step 0 and at the end)
+        references = functools.cache(lambda: val_windows.references(train_data) if main else {})
         if step == 0:
             evaluate_and_log(0)
             if log:
-                log.write({"step": 0, **references})  # once: the validation text does not change
-                say(outputs.references_line(references))
+                log.write({"step": 0, **references()})  # once: the validation text does not change
+                say(outputs.references_line(references()))
             if cfg.eval.sample_tokens and (main or par.sharded):  # the untrained model, to compare at the end
                 say("sample before training:\n" + outputs.sample_text(model, tokenizer, cfg.eval,
                                                                        cfg.run.seed))
@@ -368,7 +369,7 @@ def _train(cfg: RunConfig, ctx: DistContext, stop: StopRequest) -> dict[str, Any
                 say(f"sample after {step} steps:\n" + outputs.sample_text(model, tokenizer, cfg.eval,
                                                                              cfg.run.seed))
             if main and last_eval:
-                say(outputs.summary_line(step, last_eval, references))
+                say(outputs.summary_line(step, last_eval, references()))
         if main:
             say(outputs.write_loss_plot(run_dir))
         distributed.barrier()

@@ -207,3 +207,35 @@ def test_tokenizer_of_a_run_learns_from_the_text_not_the_file_bytes(tmp_path, ki
     assert b" the" in learned or b"the" in learned  # the text's words...
     assert not any(set(token) & set(b'{}":') for token in learned)  # ...and no JSON syntax
     assert not any(token.startswith(b"PAR1") for token in learned)
+
+
+def test_data_inputs_takes_directories_and_globs_like_sources(tmp_path):
+    from dist_llm.config import ConfigError, parse_args
+    from dist_llm.training.pipeline import corpus_files
+
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    for name in ("b.txt", "a.txt", "sub/c.jsonl"):
+        (tmp_path / "corpus" / name).write_text('{"text": "x"}\n' if name.endswith("jsonl") else "x\n")
+    as_dir = parse_args([f"--data.inputs={tmp_path / 'corpus'}"])
+    assert [p.name for p in corpus_files(as_dir)] == ["a.txt", "b.txt", "c.jsonl"]
+    as_glob = parse_args([f"--data.inputs={tmp_path / 'corpus'}/*.txt"])
+    assert [p.name for p in corpus_files(as_glob)] == ["a.txt", "b.txt"]
+    with pytest.raises(ConfigError, match=r"'data.inputs': .*missing.txt does not exist"):
+        corpus_files(parse_args([f"--data.inputs={tmp_path / 'missing.txt'}"]))
+
+
+def test_tokenizer_sample_stops_on_a_bad_record_unless_skipping(tmp_path):
+    import json
+
+    from dist_llm.config import parse_args
+    from dist_llm.data import DataError
+    from dist_llm.training.pipeline import build_tokenizer
+
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": f"some words here {i}"}) for i in range(50)]
+    path.write_text("\n".join(lines[:10] + ['{"text": 3}'] + lines[10:]) + "\n")
+    args = [f"--data.inputs={path}", "--model.vocab_size=270", "--tokenizer.num_workers=1"]
+    with pytest.raises(DataError, match=r"docs.jsonl:11"):
+        build_tokenizer(parse_args([*args, f"--run.cache_dir={tmp_path / 'c1'}"]), [path])
+    assert build_tokenizer(parse_args([*args, f"--run.cache_dir={tmp_path / 'c2'}",
+                                       "--data.skip_bad_records=true"]), [path]).is_dir()

@@ -283,3 +283,23 @@ def test_trainer_masks_documents_in_training_and_validation(tiny_data, tmp_path)
            for run in (plain, masked)}
     assert val[masked][0] != val[plain][0]  # step 0: same weights, only the mask differs
     assert val[masked][-1] < val[masked][0]
+
+
+def test_evaluate_command_masks_documents_for_a_doc_masking_model(tiny_data, tmp_path, monkeypatch):
+    """`python -m dist_llm.evaluate` scores a model trained with model.doc_masking as it was trained:
+    the evaluation loop gets the separator (without it, attention would cross documents)."""
+    from trainer_runs import tiny_train_args
+
+    from dist_llm import evaluate
+    from dist_llm.train import main
+
+    run = tmp_path / "masked"
+    assert main(tiny_train_args(tiny_data, run, "--model.doc_masking=true", "--train.max_steps=3",
+                                "--eval.sample_tokens=0")) == 0
+    seen = []
+    real = evaluate.window_loss_sums
+    monkeypatch.setattr(evaluate, "window_loss_sums",
+                        lambda *a, **kw: seen.append(kw.get("separator")) or real(*a, **kw))
+    assert evaluate.main(["--run", str(run), "--data", str(tiny_data["corpus"]),
+                          f"--cache-dir={tmp_path / 'c'}"]) == 0
+    assert seen and all(s is not None for s in seen)

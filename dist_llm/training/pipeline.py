@@ -17,6 +17,7 @@ source cannot crowd out the others; with no limit, on all of every source.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -42,11 +43,12 @@ def corpus_files(cfg: RunConfig) -> list[Path]:
 
         make = stories_corpus_path if cfg.data.builtin == "stories" else builtin_corpus_path
         return [Path(make(cfg.run.cache_dir))]
-    files = [Path(p) for p in cfg.data.inputs]
-    for path in files:
-        if not path.exists():
-            raise ConfigError(f"'data.inputs': {path} does not exist")
-    return files
+    from dist_llm.data.sources import resolve_inputs
+
+    for item in cfg.data.inputs:
+        if not Path(item).exists() and not glob.has_magic(item):
+            raise ConfigError(f"'data.inputs': {item} does not exist")
+    return resolve_inputs(cfg.data.inputs)  # files, directories and globs, as for [[data.sources]]
 
 
 def _inputs_key(files: list[Path]) -> list[list]:
@@ -58,14 +60,20 @@ def _digest(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _training_sample(files: list[Path], max_bytes: int, out: Path, text_field: str = "text") -> list[Path]:
+def _plain_text(files: list[Path]) -> bool:
+    """Uncompressed .txt files only: BPE can read those as they are."""
+    return all(p.name.lower().endswith(".txt") for p in files)
+
+
+def _training_sample(files: list[Path], max_bytes: int, out: Path, text_field: str = "text",
+                     skip_bad_records: bool = False) -> list[Path]:
     """The first max_bytes of the corpus (all of it for 0) as text files BPE training reads.
 
     Plain .txt files are used as they are (cut at a line end). Any other input (JSONL, Parquet, gzip or
     zstd) is decoded into its documents first, by the readers data preparation uses, so that BPE learns
     from the text and never from JSON syntax or compressed bytes."""
-    if not all(p.name.lower().endswith(".txt") for p in files):
-        return [_decoded_sample(files, max_bytes, out, text_field)]
+    if not _plain_text(files):
+        return [_decoded_sample(files, max_bytes, out, text_field, skip_bad_records)]
     if max_bytes <= 0 or sum(p.stat().st_size for p in files) <= max_bytes:
         return files
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -84,8 +92,10 @@ def _training_sample(files: list[Path], max_bytes: int, out: Path, text_field: s
     return [out]
 
 
-def _decoded_sample(files: list[Path], max_bytes: int, out: Path, text_field: str) -> Path:
-    """The documents of `files`, separated by the separator token, up to about max_bytes (0: all)."""
+def _decoded_sample(files: list[Path], max_bytes: int, out: Path, text_field: str,
+                    skip_bad_records: bool) -> Path:
+    """The documents of `files`, separated by the separator token, up to about max_bytes (0: all); a
+    bad record stops with its error unless data.skip_bad_records, as in data preparation."""
     from dist_llm.data.sources import iter_chunks, split_chunk
 
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -93,8 +103,11 @@ def _decoded_sample(files: list[Path], max_bytes: int, out: Path, text_field: st
     with open(tmp, "w", encoding="utf-8") as dst:
         for path in files:
             for chunk in iter_chunks(path, 1 << 20, SEPARATOR, text_field):
-                for _, piece, ends in split_chunk(chunk, SEPARATOR, text_field=text_field, bad=[]):
-                    written += dst.write(piece + (f"\n{SEPARATOR}\n" if ends else ""))
+                bad = [] if skip_bad_records else None
+                for _, piece, ends in split_chunk(chunk, SEPARATOR, text_field=text_field, bad=bad):
+                    text = piece + (f"\n{SEPARATOR}\n" if ends else "")
+                    dst.write(text)
+                    written += len(text.encode("utf-8"))
                 if 0 < max_bytes <= written:
                     break
             if 0 < max_bytes <= written:
@@ -104,12 +117,12 @@ def _decoded_sample(files: list[Path], max_bytes: int, out: Path, text_field: st
 
 
 def _mixture_sample(groups: list[list[Path]], weights: list[float], max_bytes: int, out_dir: Path,
-                    text_field: str = "text") -> list[Path]:
+                    text_field: str = "text", skip_bad_records: bool = False) -> list[Path]:
     """Each source's share (by weight) of a max_bytes BPE training sample; all of it when max_bytes is 0."""
     total = sum(weights)
     return [p for i, (files, w) in enumerate(zip(groups, weights, strict=True))
             for p in _training_sample(files, max(1, int(max_bytes * w / total)) if max_bytes > 0 else 0,
-                                      out_dir / f"training_sample_{i}.txt", text_field)]
+                                      out_dir / f"training_sample_{i}.txt", text_field, skip_bad_records)]
 
 
 def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] | None = None) -> Path:
@@ -123,7 +136,7 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
     settings = {"inputs": _inputs_key(files), "vocab_size": cfg.model.vocab_size,
                 "special_tokens": cfg.tokenizer.special_tokens,
                 "train_max_bytes": cfg.tokenizer.train_max_bytes}
-    if not all(p.name.lower().endswith(".txt") for p in files):  # trained on the decoded documents
+    if not _plain_text(files):  # trained on the decoded documents
         settings["sample"] = {"decoded": True, "text_field": cfg.data.text_field}
     weights = [s.weight for s in cfg.data.sources]
     if groups is not None and cfg.tokenizer.train_max_bytes > 0:  # the sample depends on the weights
@@ -135,10 +148,10 @@ def build_tokenizer(cfg: RunConfig, files: list[Path], groups: list[list[Path]] 
     with removed_on_failure(out_dir):
         if groups is None:
             sample = _training_sample(files, cfg.tokenizer.train_max_bytes, out_dir / "training_sample.txt",
-                                      cfg.data.text_field)
+                                      cfg.data.text_field, cfg.data.skip_bad_records)
         else:
             sample = _mixture_sample(groups, weights, cfg.tokenizer.train_max_bytes, out_dir,
-                                     cfg.data.text_field)
+                                     cfg.data.text_field, cfg.data.skip_bad_records)
         print(f"tokenizer: training a {cfg.model.vocab_size}-token BPE on {', '.join(map(str, sample))}")
         workers = cfg.tokenizer.num_workers or None
         vocab, merges = train_bpe(sample if len(sample) > 1 else sample[0], cfg.model.vocab_size,

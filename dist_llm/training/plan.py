@@ -55,10 +55,11 @@ def split_batch(cfg: RunConfig, world_size: int) -> BatchSplit:
 
 
 def make_plan(cfg: RunConfig, world_size: int, train_windows: int, max_windows: int | None = None,
-              say: Callable[[str], None] = print) -> RunPlan:
-    """max_windows: the most windows the data can give (a mixture with data.on_exhausted = "stop")."""
+              say: Callable[[str], None] = print, split: BatchSplit | None = None) -> RunPlan:
+    """max_windows: the most windows the data can give (a mixture with data.on_exhausted = "stop");
+    split: the batch split already worked out before the data (else worked out here)."""
     t, ctx = cfg.train, cfg.model.context_length
-    split = split_batch(cfg, world_size)
+    split = split or split_batch(cfg, world_size)
     seqs = split.global_batch_seqs
     steps_per_epoch = train_windows / seqs
     if steps_per_epoch < 1:
