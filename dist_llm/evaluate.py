@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text/JSONL files (or directories, globs), or a prepared data dir "
                              "(python -m dist_llm.data.prepare)")
     parser.add_argument("--split", default=None, help="split of a prepared data dir (default: val)")
+    parser.add_argument("--text-field", default="text",
+                        help="the JSONL field / Parquet column holding each document (default: text)")
     parser.add_argument("--cache-dir", default="data_cache",
                         help="where text inputs are tokenized to (default: data_cache, as the trainer)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
@@ -161,7 +163,8 @@ def run_evaluation(args: argparse.Namespace, ctx: distributed.DistContext) -> di
             f"(the model's context_length)"
         )
     found = distributed.on_main_rank(  # rank 0 tokenizes text inputs; every rank then reads the tokens
-        lambda: dataclasses.asdict(resolve_eval_data(args.data, args.split, tokenizer, args.cache_dir)))
+        lambda: dataclasses.asdict(resolve_eval_data(args.data, args.split, tokenizer, args.cache_dir,
+                                                     args.text_field)))
     data = EvalData(**found)
     dataset = MemmapTokens(data.data_dir, data.split, context_length, tokenizer.fingerprint)
     sums = evaluate_windows(

@@ -74,3 +74,22 @@ def test_text_input_errors_are_one_line(setup, tmp_path, capsys):
         assert main(["--run", str(run), *argv, "--cache-dir", str(tmp_path), "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_jsonl_with_another_text_field_evaluates_like_the_plain_text(setup, tmp_path, capsys):
+    """--text-field names the JSONL field (or Parquet column): the same documents under "body"
+    evaluate exactly as the plain-text file holding them."""
+    run, heldout, _, _ = setup
+    docs = heldout.read_text(encoding="utf-8").split("<|endoftext|>")
+    body = tmp_path / "heldout.jsonl"
+    body.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)),
+                    encoding="utf-8")
+    plain, as_jsonl = tmp_path / "plain.json", tmp_path / "jsonl.json"
+    common = ["--run", str(run), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]
+    assert main([*common, "--data", str(heldout), "--out", str(plain)]) == 0
+    assert main([*common, "--data", str(body), "--text-field", "body", "--out", str(as_jsonl)]) == 0
+    for key in ("tokens", "bytes", "loss"):
+        assert json.loads(as_jsonl.read_text())[key] == json.loads(plain.read_text())[key], key
+    capsys.readouterr()
+    assert main([*common, "--data", str(body), "--out", str(tmp_path / "x.json")]) != 0  # no "text" field
+    assert "heldout.jsonl:1" in capsys.readouterr().err

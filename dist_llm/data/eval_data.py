@@ -40,9 +40,11 @@ def _name(files: list[Path]) -> str:
     return stems[0] if len(stems) == 1 else f"{stems[0]}_and_{len(stems) - 1}_more"
 
 
-def resolve_eval_data(data: list[str], split: str | None, tokenizer: Tokenizer, cache_dir: str) -> EvalData:
-    """The prepared split to evaluate; text inputs are tokenized into the cache first (on this process:
-    under several ranks, call it on rank 0 and hand the result on)."""
+def resolve_eval_data(data: list[str], split: str | None, tokenizer: Tokenizer, cache_dir: str,
+                      text_field: str = "text") -> EvalData:
+    """The prepared split to evaluate; text inputs (.txt, .jsonl, Parquet, compressed; text_field names
+    the JSONL field / Parquet column) are tokenized into the cache first (on this process: under several
+    ranks, call it on rank 0 and hand the result on)."""
     if is_prepared(data):
         split = split or "val"
         return EvalData(data[0], split, f"{Path(data[0]).resolve().name}_{split}", list(data))
@@ -57,10 +59,11 @@ def resolve_eval_data(data: list[str], split: str | None, tokenizer: Tokenizer, 
     except DataError as e:
         hint = f" (a prepared data dir needs {META_NAME})" if any(Path(d).is_dir() for d in data) else ""
         raise DataError(f"{e}{hint}") from None
-    key = hashlib.sha256("\0".join([tokenizer.fingerprint, *(str(f.resolve()) for f in files)]).encode())
+    key = hashlib.sha256("\0".join([tokenizer.fingerprint, text_field, *(str(f.resolve()) for f in files)])
+                         .encode())
     out_dir = Path(cache_dir) / "eval" / key.hexdigest()[:16]
     workers = 1 if sum(f.stat().st_size for f in files) < SMALL_INPUT_BYTES else None
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result table
-        prepare_corpus(files, tokenizer, out_dir, workers=workers, val_fraction=0.0,
+        prepare_corpus(files, tokenizer, out_dir, workers=workers, val_fraction=0.0, text_field=text_field,
                        progress=sys.stderr.isatty())
     return EvalData(str(out_dir), "train", _name(files), list(data))
