@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from dist_llm.model.losses import check_target_range
+from dist_llm.model.losses import check_target_range, flatten_rows
 
 # Rows per chunk are chosen so that one chunk's logits hold about this many elements (64 MB in float32),
 # with at most MAX_CHUNKS chunks: torch.compile unrolls the loop, so compile time grows with their number
@@ -52,18 +52,12 @@ def linear_cross_entropy(
     TransformerLM does on CUDA); the padded columns are masked out of the softmax, so loss and gradients
     are unchanged. Gradients flow to hidden and weight; backward can run once per forward.
     """
-    if hidden.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"linear_cross_entropy: targets shape {tuple(targets.shape)} must equal hidden shape without "
-            f"the model dim {tuple(hidden.shape[:-1])}"
-        )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"linear_cross_entropy: weight shape {tuple(weight.shape)} must be (vocab, {hidden.shape[-1]})"
         )
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise TypeError(f"linear_cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
-    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long()
+    hidden, targets = flatten_rows(hidden, targets, "linear_cross_entropy",
+                                   "hidden shape without the model dim")
     if not torch.compiler.is_compiling() and targets.device.type == "cpu" and targets.numel():
         check_target_range(targets, weight.shape[0], ignore_index, "linear_cross_entropy")
     device_type = hidden.device.type

@@ -22,12 +22,13 @@ from __future__ import annotations
 import torch
 
 
-def _flatten(logits: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., vocab) logits and (...) integer targets -> (N, vocab) and (N,), with clear errors."""
+def flatten_rows(logits: torch.Tensor, targets: torch.Tensor, name: str,
+                 what: str = "logits shape without the vocab dim") -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., vocab) logits (or (..., d_model) hidden states: `what` names them in errors) and (...)
+    integer targets -> (N, vocab) and (N,), with clear errors."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
-            f"{name}: targets shape {tuple(targets.shape)} must equal logits shape without the "
-            f"vocab dim {tuple(logits.shape[:-1])}"
+            f"{name}: targets shape {tuple(targets.shape)} must equal {what} {tuple(logits.shape[:-1])}"
         )
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"{name}: targets must be integer class ids, got dtype {targets.dtype}")
@@ -55,7 +56,7 @@ def cross_entropy(
     are left out of the sum and of the count (all ignored gives NaN, like torch's).
     Stability: subtracting the row max before exp keeps exp(.) <= 1, so huge logits cannot overflow.
     """
-    logits, targets = _flatten(logits, targets, "cross_entropy")
+    logits, targets = flatten_rows(logits, targets, "cross_entropy")
     logits = logits.float()
     targets, weights = _row_weights(targets, ignore_index)
     row_max = logits.amax(dim=-1, keepdim=True).detach()  # a constant shift: no gradient needed
@@ -73,7 +74,7 @@ def fused_cross_entropy(
     backward can run once per forward (the gradient buffer is handed over, not copied): backward
     through it a second time, as retain_graph=True would allow, raises.
     """
-    logits, targets = _flatten(logits, targets, "fused_cross_entropy")
+    logits, targets = flatten_rows(logits, targets, "fused_cross_entropy")
     if torch.compiler.is_compiling():
         return _CompiledCrossEntropy.apply(logits, targets, ignore_index)
     if targets.device.type == "cpu" and targets.numel():  # free on a CPU; on a GPU it would stall
