@@ -20,11 +20,10 @@ from typing import TextIO
 import torch
 
 from dist_llm.checkpoint.pretrained import PretrainedError, load_pretrained
+from dist_llm.data import DOCUMENT_SEPARATOR as END_OF_TEXT
 from dist_llm.model import TransformerLM, generate_stream
 from dist_llm.parallel.distributed import DistributedError, select_device
 from dist_llm.tokenizer import Tokenizer
-
-END_OF_TEXT = "<|endoftext|>"
 
 
 def decode_stream(token_ids: Iterable[int], tokenizer: Tokenizer) -> Iterator[str]:

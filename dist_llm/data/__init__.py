@@ -19,6 +19,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# The token that ends each document in prepared data (and in the built-in corpora): a special token of
+# every tokenizer the trainer trains, and the "end of text" generation stops at.
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+
 _EXPORTS = {
     "DataError": "dist_llm.data.sources",
     "resolve_inputs": "dist_llm.data.sources",
@@ -35,7 +39,7 @@ _EXPORTS = {
     "resolve_device": "dist_llm.data.loader",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "DOCUMENT_SEPARATOR"])
 
 
 def __getattr__(name: str) -> Any:

@@ -29,9 +29,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from dist_llm.data import DOCUMENT_SEPARATOR as SEPARATOR
 from dist_llm.utils.atomic_io import atomic_write
 
-SEPARATOR = "<|endoftext|>"
 CORPUS_VERSION = 1
 
 # Modules whose documentation makes up the corpus. Left out on purpose: modules with import side

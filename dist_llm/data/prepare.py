@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_llm.data import DOCUMENT_SEPARATOR
 from dist_llm.data.cache import SPLITS, cached_meta, describe_inputs
 from dist_llm.data.formats import check_reader
 from dist_llm.data.meta import FORMAT_VERSION, META_NAME, PART_META_NAME, token_dtype, write_meta
@@ -168,7 +169,7 @@ def prepare_corpus(
     *,
     workers: int | None = None,
     val_fraction: float = 0.01,
-    separator: str = "<|endoftext|>",
+    separator: str = DOCUMENT_SEPARATOR,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     replace_invalid_utf8: bool = False,
     text_field: str = DEFAULT_TEXT_FIELD,
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     parser.add_argument("--val-fraction", type=float, default=0.01)
-    parser.add_argument("--separator", default="<|endoftext|>")
+    parser.add_argument("--separator", default=DOCUMENT_SEPARATOR)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per work unit")
     parser.add_argument("--replace-invalid-utf8", action="store_true", help="substitute U+FFFD for bad bytes")
     parser.add_argument("--text-field", default=DEFAULT_TEXT_FIELD,

@@ -22,9 +22,9 @@ import random
 import sys
 from pathlib import Path
 
+from dist_llm.data import DOCUMENT_SEPARATOR as SEPARATOR
 from dist_llm.utils.atomic_io import atomic_write
 
-SEPARATOR = "<|endoftext|>"
 STORIES_VERSION = 1  # bump when the grammar changes: the cached file name (and so the token cache) changes
 DEFAULT_NUM_STORIES = 4000
 DEFAULT_SEED = 0

@@ -24,14 +24,13 @@ from dist_llm.checkpoint.pretrained import (
     resolve_run,
     save_pretrained,
 )
+from dist_llm.data import DOCUMENT_SEPARATOR as END_OF_TEXT
 from dist_llm.export import hf_llama
 from dist_llm.export.hf_llama import UnsupportedModelError
 from dist_llm.export.hf_tokenizer import TokenizerNotConvertible, tokenizer_from_json, write_hf_tokenizer
 from dist_llm.tokenizer import Tokenizer, TokenizerError
 from dist_llm.utils.atomic_io import atomic_write, atomic_write_json, make_temp_dir
 from dist_llm.utils.json_file import read_json
-
-END_OF_TEXT = "<|endoftext|>"
 
 
 @contextmanager

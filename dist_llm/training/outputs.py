@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from dist_llm.checkpoint import unwrap_model
 from dist_llm.config import EvalSection
+from dist_llm.data import DOCUMENT_SEPARATOR
 from dist_llm.tokenizer import Tokenizer
 from dist_llm.utils.atomic_io import atomic_write, atomic_write_json
 
@@ -45,8 +46,7 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalSection, 
     from dist_llm.model import generate
 
     bare = unwrap_model(model)
-    eot = "<|endoftext|>"
-    eos = tokenizer.token_id(eot) if eot in tokenizer.special_tokens else None
+    eos = tokenizer.token_id(DOCUMENT_SEPARATOR) if DOCUMENT_SEPARATOR in tokenizer.special_tokens else None
     prompt = tokenizer.encode(cfg.sample_prompt) or ([eos] if eos is not None else [0])
     new = generate(bare, prompt, cfg.sample_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
                    eos_id=eos, seed=seed)

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from dist_llm.config import ConfigError, RunConfig
+from dist_llm.data import DOCUMENT_SEPARATOR as SEPARATOR
 from dist_llm.parallel import distributed
 from dist_llm.tokenizer import Tokenizer, train_bpe
 from dist_llm.utils.atomic_io import atomic_write_json
-
-SEPARATOR = "<|endoftext|>"
 
 
 def corpus_files(cfg: RunConfig) -> list[Path]:
