@@ -128,7 +128,7 @@ def activation_table(batch: int, device: torch.device, dtype: torch.dtype | None
           f"measured on {device} ({dtype or torch.float32}), scaled to micro-batch {batch}")
     print("| activation checkpointing | kept for backward, measured GiB | plan GiB | measured / plan "
           "| none / this |")
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     measured = {}
     for mode in ("none", "selective", "full"):
         torch.manual_seed(0)
