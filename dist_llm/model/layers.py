@@ -119,7 +119,8 @@ class _CpuRMSNorm(torch.autograd.Function):
         grad_x      = r * (g w - n * mean(g w n))      = r * g w - x * (r^3 / d) * dot(g w, x)
 
     The right-hand forms never build n, which saves a pass over the activations and an allocation.
-    (torch.mv for the sum over rows would save one more pass, but was slower inside a training step.)
+    (torch.mv for the sum over rows would save one more pass, but was slower inside a training step;
+    for the per-row dot it is the faster form.)
     """
 
     @staticmethod
@@ -133,11 +134,14 @@ class _CpuRMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN205
         x, inv_rms, weight = ctx.saved_tensors
-        x32, grad32 = x.float(), grad_out.float()
-        grad_scaled = grad32 * weight.float()  # g w
-        x_coef = torch.linalg.vecdot(grad_scaled, x32).unsqueeze(-1).mul_(inv_rms.pow(3)).div_(-x.shape[-1])
-        grad_x = grad_scaled.mul_(inv_rms).addcmul_(x32, x_coef)
-        grad_weight = (grad32 * x32).mul_(inv_rms).flatten(0, -2).sum(0)
+        x32, grad32, w32 = x.float(), grad_out.float(), weight.float()
+        grad_x_prod = grad32 * x32  # g x
+        # dot(g w, x) per row as (g x) @ w, a matrix-vector product: faster on a CPU than vecdot, which
+        # builds g w x and sums it
+        dots = torch.mv(grad_x_prod.view(-1, x.shape[-1]), w32).view(inv_rms.shape)
+        x_coef = dots.mul_(inv_rms.pow(3)).div_(-x.shape[-1])
+        grad_weight = grad_x_prod.mul_(inv_rms).view(-1, x.shape[-1]).sum(0)
+        grad_x = (grad32 * w32).mul_(inv_rms).addcmul_(x32, x_coef)
         return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
 
 
