@@ -141,7 +141,8 @@ class _CpuRMSNorm(torch.autograd.Function):
         dots = torch.mv(grad_x_prod.view(-1, x.shape[-1]), w32).view(inv_rms.shape)
         x_coef = dots.mul_(inv_rms.pow(3)).div_(-x.shape[-1])
         grad_weight = grad_x_prod.mul_(inv_rms).view(-1, x.shape[-1]).sum(0)
-        grad_x = (grad32 * w32).mul_(inv_rms).addcmul_(x32, x_coef)
+        # grad_x reuses g x's buffer, still in cache, rather than a new one
+        grad_x = torch.mul(grad32, w32, out=grad_x_prod).mul_(inv_rms).addcmul_(x32, x_coef)
         return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
 
 
