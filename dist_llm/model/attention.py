@@ -78,7 +78,7 @@ def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     bias = torch.full((seq_len, seq_len), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
     q3, k3, v3 = (t.reshape(-1, seq_len, t.shape[-1]) for t in (q, k, v))
     scores = torch.baddbmm(bias, q3, k3.transpose(-2, -1), alpha=1.0 / math.sqrt(head_dim))
-    return torch.bmm(torch.softmax(scores, dim=-1), v3).unflatten(0, lead)
+    return torch.bmm(torch.softmax(scores, dim=-1), v3).reshape(*lead, seq_len, v.shape[-1])
 
 
 class LayerKVCache:
