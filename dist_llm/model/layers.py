@@ -138,9 +138,9 @@ class _CpuRMSNorm(torch.autograd.Function):
         grad_x_prod = grad32 * x32  # g x
         # dot(g w, x) per row as (g x) @ w, a matrix-vector product: faster on a CPU than vecdot, which
         # builds g w x and sums it
-        dots = torch.mv(grad_x_prod.view(-1, x.shape[-1]), w32).view(inv_rms.shape)
+        dots = torch.mv(grad_x_prod.reshape(-1, x.shape[-1]), w32).view(inv_rms.shape)
         x_coef = dots.mul_(inv_rms.pow(3)).div_(-x.shape[-1])
-        grad_weight = grad_x_prod.mul_(inv_rms).view(-1, x.shape[-1]).sum(0)
+        grad_weight = grad_x_prod.mul_(inv_rms).reshape(-1, x.shape[-1]).sum(0)
         # grad_x reuses g x's buffer, still in cache, rather than a new one
         grad_x = torch.mul(grad32, w32, out=grad_x_prod).mul_(inv_rms).addcmul_(x32, x_coef)
         return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
@@ -152,9 +152,10 @@ class _CpuSwiGLUGate(torch.autograd.Function):
     With s = silu(a) and g the incoming gradient: grad_b = g * s and grad_a = silu_backward(g * b, a).
     Autograd through F.silu(a) * b keeps a, s and b and allocates three new tensors in backward; this
     keeps a and b, recomputes s, and works in place: one pass more, two [tokens, d_ff] allocations
-    fewer, which on a CPU (fresh pages) costs more than the pass. Measured fwd+bwd, 1 thread, float32:
-    (8,128,344) 1.86 -> 1.48 ms, (4,256,1344) 7.9 -> 5.2 ms; in bf16 it is slower (4.3 -> 5.5 ms: bf16
-    elementwise ops convert on every pass), so bf16 keeps the plain form, as do CUDA and torch.compile.
+    fewer, which on a CPU (fresh memory, not in cache) costs more than the pass. Measured fwd+bwd, 1
+    thread, float32: (4,256,1344) 5.9-7.9 -> 5.0-5.2 ms; (8,128,344) on par. In bf16 it is slower
+    (4.3 -> 5.5 ms: bf16 elementwise ops convert on every pass), so bf16 keeps the plain form, as do
+    CUDA and torch.compile.
     """
 
     @staticmethod
