@@ -76,6 +76,24 @@ def test_rmsnorm_fused_backward_in_bf16_matches_float32():
     torch.testing.assert_close(fast.weight.grad.float(), ref.weight.grad, rtol=1e-2, atol=1e-2)
 
 
+def test_rmsnorm_fused_backward_takes_any_input_layout():
+    # A transposed (non-contiguous) input and gradient: the fused CPU backward flattens its row products
+    # whatever their layout.
+    torch.manual_seed(0)
+    ref, fast = RMSNorm(16, fused=False), RMSNorm(16, fused=True)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(16))
+        fast.weight.copy_(ref.weight)
+    base, grad_out = torch.randn(16, 5, 3) * 3, torch.randn(16, 5, 3).transpose(0, 2)
+    grads = []
+    for norm in (ref, fast):
+        x = base.clone().requires_grad_()
+        norm(x.transpose(0, 2)).backward(grad_out)
+        grads.append((x.grad, norm.weight.grad))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_softmax_and_silu_are_stable_for_huge_inputs():
     x = torch.tensor([[1000.0, 1001.0, 999.0], [-1e4, 0.0, 1e4]])
     torch.testing.assert_close(softmax(x, dim=-1), torch.softmax(x, dim=-1))

@@ -45,6 +45,42 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
     return k_pos <= q_pos
 
 
+# bf16 causal attention on a CPU, short contexts: an explicit q k^T -> softmax -> @ v path beats
+# torch's CPU flash kernel, whose bf16 backward is slow. Measured fwd+bwd at 1 thread (Xeon, AMX), ms,
+# flash / explicit: (B,H,T,D) = (8,4,128,32) 11.2 / 2.5; (4,16,256,32) 33.5 / 14.6; (2,12,512,64) 40.2 /
+# 28.5; but (1,12,1024,64) 51.7 / 76.9 and (1,8,2048,64) 106 / 221: once one head's T x T scores
+# outgrow the cache the flash kernel wins, hence the bound on T. In float32 the flash kernel is as fast
+# or faster ((8,4,128,32) 3.2 / 3.6; (4,16,256,32) 22.3 / 34.5), so float32 keeps it; so does CUDA,
+# and torch.compile (inductor has its own lowering). EXPLICIT_MAX_SCORES bounds the B*H*T*T scores the
+# path holds (each kept for backward, in bf16): 2^25 elements, 64 MB per layer.
+EXPLICIT_MAX_KEYS = 512
+EXPLICIT_MAX_SCORES = 2**25
+
+
+def explicit_causal_fits(q: torch.Tensor) -> bool:
+    """Whether causal self-attention over q (..., T, d) takes explicit_causal_attention (see above)."""
+    seq_len = q.shape[-2]
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and not torch.compiler.is_compiling() and seq_len <= EXPLICIT_MAX_KEYS
+            and q.numel() // q.shape[-1] * seq_len <= EXPLICIT_MAX_SCORES)
+
+
+def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal -inf mask) v for (..., T, d) q, k, v (bf16 where the model uses it).
+
+    One baddbmm computes the scaled, masked scores (the scale applied to the float32 accumulator before
+    rounding); torch's CPU softmax and its backward read half precision but compute the max, exp and
+    sums in float32 and round only the probabilities, which then multiply v in half precision, as a
+    half-precision matmul of the reference path under autocast would. Autograd derives the backward.
+    """
+    seq_len, head_dim = q.shape[-2], q.shape[-1]
+    lead = q.shape[:-2]
+    bias = torch.full((seq_len, seq_len), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
+    q3, k3, v3 = (t.reshape(-1, seq_len, t.shape[-1]) for t in (q, k, v))
+    scores = torch.baddbmm(bias, q3, k3.transpose(-2, -1), alpha=1.0 / math.sqrt(head_dim))
+    return torch.bmm(torch.softmax(scores, dim=-1), v3).reshape(*lead, seq_len, v.shape[-1])
+
+
 class LayerKVCache:
     """Keys and values of one attention layer for positions [0, length), preallocated to max_len.
 
@@ -161,6 +197,8 @@ class MultiHeadSelfAttention(nn.Module):
         if self.attn_impl == "reference":
             return scaled_dot_product_attention(q, k, v, causal_mask(n_queries, n_keys, q.device))
         if n_queries == n_keys:
+            if explicit_causal_fits(q):
+                return explicit_causal_attention(q, k, v)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         if n_queries == 1:  # one new token at the end sees every cached key: no mask needed
             return F.scaled_dot_product_attention(q, k, v)

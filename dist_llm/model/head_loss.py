@@ -96,12 +96,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 count = keep.sum().float()
             nll_sum = torch.zeros((), device=hidden.device, dtype=torch.float32)
             grad_h = torch.empty_like(h) if wants_grad else None
-            grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if wants_grad else None
+            grad_w = None  # the first chunk's product, then the sum (no zero-filled vocab x d_model start)
             for start in range(0, h.shape[0], chunk_rows):
                 rows = slice(start, min(start + chunk_rows, h.shape[0]))
                 row_keep = None if keep is None else keep[rows]
-                nll_sum = nll_sum + _chunk(h[rows], w, rows_target[rows], row_keep, count, vocab,
+                chunk_nll, grad_w = _chunk(h[rows], w, rows_target[rows], row_keep, count, vocab,
                                            grad_h[rows] if wants_grad else None, grad_w)  # fmt: skip
+                nll_sum = nll_sum + chunk_nll
             loss = nll_sum / count
         ctx.grads = None
         if wants_grad:
@@ -128,10 +129,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunk(h_c, w, t_c, keep, count, vocab, grad_h_c, grad_w):  # noqa: ANN001, ANN202, PLR0913
-    """One chunk of rows: returns its summed NLL; with grad_h_c given, writes its rows' hidden-state
-    gradient there and adds its share of the weight gradient to grad_w (float32). A function, so the
-    chunk's logits are freed on return, before the next chunk's are made."""
-    logits = (h_c @ w.T).float()
+    """One chunk of rows: returns its summed NLL and the float32 weight gradient so far. With grad_h_c
+    given, writes its rows' hidden-state gradient there and adds its share of the weight gradient to
+    grad_w (None before the first chunk: the share becomes it). A function, so the chunk's logits are
+    freed on return, before the next chunk's are made."""
+    logits_low = h_c @ w.T
+    logits = logits_low.float()
     if w.shape[0] != vocab:
         logits[:, vocab:] = float("-inf")  # padded rows: exp gives 0, no probability, no gradient
     # log-sum-exp with the row max shifted out, exp written over the logits (no temporary): exps holds
@@ -143,15 +146,19 @@ def _chunk(h_c, w, t_c, keep, count, vocab, grad_h_c, grad_w):  # noqa: ANN001, 
     nll = row_sum.log() + row_max - picked
     if keep is not None:
         nll = nll * keep
-    if grad_h_c is not None:
-        # d loss / d logits = (softmax - onehot) * row_scale; row_scale = 1 / count, 0 for ignored rows
-        row_scale = (1.0 / count).expand(row_sum.shape) if keep is None else keep / count
-        grad = exps.mul_((row_scale / row_sum)[:, None])
-        grad.scatter_add_(1, t_c[:, None], -row_scale[:, None])
-        grad = grad.to(h_c.dtype)
-        grad_h_c.copy_(grad @ w)
-        if grad.dtype == torch.float32:
-            grad_w.addmm_(grad.T, h_c)  # no vocab x d_model temporary
-        else:
-            grad_w.add_(grad.T @ h_c)  # the product rounded as the plain head's is; summed in float32
-    return nll.sum()
+    if grad_h_c is None:
+        return nll.sum(), None
+    # d loss / d logits = (softmax - onehot) * row_scale; row_scale = 1 / count, 0 for ignored rows
+    row_scale = (1.0 / count).expand(row_sum.shape) if keep is None else keep / count
+    grad = exps.mul_((row_scale / row_sum)[:, None])
+    grad.scatter_add_(1, t_c[:, None], -row_scale[:, None])
+    if grad.dtype != h_c.dtype:  # rounded into the half-precision logits' buffer: no new allocation
+        grad = logits_low.copy_(grad)
+    grad_h_c.copy_(grad @ w)
+    if grad_w is None:  # the first chunk's share (float32: the product rounded as the plain head's is)
+        return nll.sum(), (grad.T @ h_c).float()
+    if grad.dtype == torch.float32:
+        grad_w.addmm_(grad.T, h_c)  # no vocab x d_model temporary
+    else:
+        grad_w.add_(grad.T @ h_c)  # the product rounded as the plain head's is; summed in float32
+    return nll.sum(), grad_w
