@@ -196,7 +196,7 @@ def doc_masking_runner(cfg: ModelConfig, args, device: torch.device, dtype: torc
     torch.manual_seed(0)
     model = TransformerLM.from_config(dataclasses.replace(cfg, doc_masking=True), device=device)
     runner = Runner("dist_llm, doc masking (info)", model, training_loss, args, device, dtype)
-    forward_loss = lambda x, y: training_loss(model(x, doc_ids=document_ids(x, DOC_SEPARATOR)), y)
+    forward_loss = lambda x, y: model(x, targets=y, doc_ids=document_ids(x, DOC_SEPARATOR))  # noqa: E731
     runner.forward_loss = torch.compile(forward_loss) if args.compile else forward_loss
     return runner
 
