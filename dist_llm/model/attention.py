@@ -53,6 +53,7 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
 # or faster ((8,4,128,32) 3.2 / 3.6; (4,16,256,32) 22.3 / 34.5), so float32 keeps it; so does CUDA,
 # and torch.compile (inductor has its own lowering). EXPLICIT_MAX_SCORES bounds the B*H*T*T scores the
 # path holds (each kept for backward, in bf16): 2^25 elements, 64 MB per layer.
+# `python bench/bench_attention.py` measures these again and prints the rule's choice per shape.
 EXPLICIT_MAX_KEYS = 512
 EXPLICIT_MAX_SCORES = 2**25
 
