@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_llm.model.document_mask import flex_attend
-from dist_llm.model.layers import Linear, softmax
+from dist_llm.model.layers import Linear, eager_on_cpu, softmax
 from dist_llm.model.rope import RotaryPositionalEmbedding
 
 
@@ -61,8 +61,7 @@ EXPLICIT_MAX_SCORES = 2**25
 def explicit_causal_fits(q: torch.Tensor) -> bool:
     """Whether causal self-attention over q (..., T, d) takes explicit_causal_attention (see above)."""
     seq_len = q.shape[-2]
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and not torch.compiler.is_compiling() and seq_len <= EXPLICIT_MAX_KEYS
+    return (q.dtype == torch.bfloat16 and eager_on_cpu(q) and seq_len <= EXPLICIT_MAX_KEYS
             and q.numel() // q.shape[-1] * seq_len <= EXPLICIT_MAX_SCORES)
 
 

@@ -29,6 +29,12 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
+def eager_on_cpu(x: torch.Tensor) -> bool:
+    """Whether x is on a CPU outside torch.compile: where the hand-written CPU paths below (and the
+    CPU attention path in attention.py) apply. Under compile inductor fuses the plain forms itself."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
     nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
@@ -98,7 +104,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
-        if self.fused and x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if self.fused and eager_on_cpu(x):
             return _CpuRMSNorm.apply(x, self.weight, self.eps)
         x32 = x.float()
         if self.fused:
@@ -187,6 +193,6 @@ class SwiGLU(nn.Module):
         if not self.fused:
             return self.w2(silu(self.w1(x)) * self.w3(x))
         gate, up = self.w1(x), self.w3(x)
-        if gate.device.type == "cpu" and gate.dtype == torch.float32 and not torch.compiler.is_compiling():
+        if gate.dtype == torch.float32 and eager_on_cpu(gate):
             return self.w2(_CpuSwiGLUGate.apply(gate, up))
         return self.w2(F.silu(gate) * up)
