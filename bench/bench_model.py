@@ -102,12 +102,20 @@ class Runner:
         self.forward_loss = torch.compile(step_loss, mode=mode) if args.compile else step_loss
         self.round_times: list[float] = []
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, phase_done=None) -> float:  # noqa: ANN001
+        """One training step; phase_done(name), if given, is called as each of its three phases ends
+        (profile_step.py times them)."""
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             loss = self.forward_loss(x, y)
+        if phase_done:
+            phase_done("forward + loss")
         loss.backward()
+        if phase_done:
+            phase_done("backward")
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if phase_done:
+            phase_done("optimizer")
         return loss
 
     def timed_round(self, x, y, steps: int) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "bench_model.py"
 
@@ -42,3 +44,18 @@ def test_attention_bench_prints_a_row_per_shape_and_dtype_with_the_models_choice
     choices = {tuple(c.strip() for c in row.split("|")[1:3]): row.split("|")[-2].strip() for row in rows}
     assert choices == {("2,2,16,8", "bf16"): "True", ("1,2,1024,8", "bf16"): "False",
                        ("2,2,16,8", "fp32"): "False", ("1,2,1024,8", "fp32"): "False"}, choices
+
+
+@pytest.mark.parametrize("model", ["ours", "nanogpt"])
+def test_profile_step_prints_phases_and_op_count(tmp_path, model):
+    cmd = [sys.executable, str(ROOT / "bench" / "profile_step.py"), "--config", "tiny", "--device", "cpu",
+           "--batch-size", "1", "--steps", "1", "--rounds", "1", "--warmup", "1", "--threads", "1",
+           "--model", model]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    phases = next(line for line in done.stdout.splitlines() if line.startswith("phases"))
+    for phase in ("forward + loss", "backward", "optimizer"):
+        assert phase in phases, phases
+    ops = next(line for line in done.stdout.splitlines() if line.startswith("aten ops per step: "))
+    assert int(ops.split(": ")[1].replace(",", "")) > 100, ops
