@@ -180,7 +180,7 @@ def bench_encoding(texts: dict[str, str], tokenizer_dir: str, rounds: int) -> di
     import tiktoken
 
     from dist_llm.tokenizer import Tokenizer
-    from dist_llm.tokenizer.pretokenize import GPT2_PATTERN
+    from dist_llm.tokenizer.pretokenize import GPT2_PATTERN, pretokenize
 
     saved = Tokenizer.load(tokenizer_dir)
     special = {SPECIAL: saved.token_id(SPECIAL)}
@@ -196,8 +196,10 @@ def bench_encoding(texts: dict[str, str], tokenizer_dir: str, rounds: int) -> di
             ours, wall, cpu = _timed(lambda t=tok, x=text: t.encode(x))
             theirs, tik_wall, tik_cpu = _timed(lambda x=text: enc.encode(x, allowed_special="all"))
             _, _, warm_cpu = _timed(lambda t=tok, x=text: t.encode(x))  # every pre-token cached now
+            _, _, split_cpu = _timed(lambda x=text: pretokenize(x))  # the regex pass alone
             runs[name].append({"wall": wall, "cpu": cpu, "tik_wall": tik_wall, "tik_cpu": tik_cpu,
-                               "warm_cpu": warm_cpu, "same": ours == theirs})  # fmt: skip
+                               "warm_cpu": warm_cpu, "split_cpu": split_cpu,
+                               "same": ours == theirs})  # fmt: skip
     base_mb = len(texts[base].encode("utf-8")) / 1e6
     results = {}
     for name, text in texts.items():
@@ -214,9 +216,25 @@ def bench_encoding(texts: dict[str, str], tokenizer_dir: str, rounds: int) -> di
             "vs_base": statistics.median(megabytes / r["wall"] / (base_mb / b["wall"]) for r, b in pairs),
             "vs_base_cpu": statistics.median(megabytes / r["cpu"] / (base_mb / b["cpu"]) for r, b in pairs),
             "same": all(r["same"] for r in rs),
+            # where a cold encode's CPU time goes: the regex pass, the cache look-ups and flattening
+            # (warm encode minus the regex pass), first-time BPE (cold minus warm); medians over rounds
+            "split_s": statistics.median(r["split_cpu"] for r in rs),
+            "lookup_s": statistics.median(r["warm_cpu"] - r["split_cpu"] for r in rs),
+            "first_bpe_s": statistics.median(r["cpu"] - r["warm_cpu"] for r in rs),
+            "tik_s": statistics.median(r["tik_cpu"] for r in rs),
             "build_s": statistics.median(build_t),
         }
     return results
+
+
+def print_encode_costs(results: dict[str, dict]) -> None:
+    print("\nWhere a cold encode's CPU time goes (s, medians over rounds; look-ups = warm encode - regex "
+          "pass, first-time BPE = cold encode - warm encode)\n")
+    print("| text | regex pass | look-ups + flattening | first-time BPE | tiktoken's whole encode |")
+    print("|---|---|---|---|---|")
+    for text, r in results.items():
+        print(f"| {text} | {r['split_s']:.3f} | {r['lookup_s']:.3f} | {r['first_bpe_s']:.3f} "
+              f"| {r['tik_s']:.3f} |")
 
 
 def print_web_like_table(name: str, results: dict[str, dict]) -> None:
@@ -325,6 +343,7 @@ def main() -> None:
         )
     if web_like:
         print_web_like_table(next(iter(web_like)), web_like)
+        print_encode_costs(web_like)
     print(f"\nload average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     encodes = [e for *_, e in table if e]
     if encodes:
