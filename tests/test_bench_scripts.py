@@ -59,3 +59,16 @@ def test_profile_step_prints_phases_and_op_count(tmp_path, model):
         assert phase in phases, phases
     ops = next(line for line in done.stdout.splitlines() if line.startswith("aten ops per step: "))
     assert int(ops.split(": ")[1].replace(",", "")) > 100, ops
+
+
+def test_norm_bench_prints_a_row_per_shape_with_every_contender(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_norm.py"), "--shapes", "8,16", "4,32",
+           "--rounds", "1", "--steps", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = next(line for line in done.stdout.splitlines() if line.startswith("| rows,d_model"))
+    assert [c.strip() for c in header.split("|")[2:-1]] == ["model", "rms_norm", "formula", "LayerNorm"]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 8,16 |", "| 4,32 |"))]
+    assert len(rows) == 2, done.stdout
+    assert all(float(cell.split("(")[0]) > 0 for row in rows for cell in row.split("|")[2:-1]), rows

@@ -131,6 +131,37 @@ def test_bad_input_is_a_clear_error():
             linear_cross_entropy(hidden, weight, targets.masked_fill(targets == 3, VOCAB))
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 0, 5])
+def test_ignore_index_anywhere_and_absent_matches_torch(ignore_index):
+    # The CPU range check tells the loss whether any target is ignored (none: it skips the per-row
+    # weights). An ignore_index inside the vocabulary (0, 5), present or absent, must still be honoured.
+    hidden, weight, targets = make_inputs(ignore=False)
+    for present in (False, True):
+        t = targets.masked_fill(targets == ignore_index, 1)
+        if present:
+            t = t.clone()
+            t[0, :3] = ignore_index
+        ours = linear_cross_entropy(hidden, weight, t, ignore_index=ignore_index)
+        logits = (hidden @ weight.T).reshape(-1, VOCAB)
+        want = F.cross_entropy(logits, t.reshape(-1), ignore_index=ignore_index)
+        torch.testing.assert_close(ours, want)
+        g_ours = torch.autograd.grad(ours, (hidden, weight))
+        g_want = torch.autograd.grad(want, (hidden, weight))
+        torch.testing.assert_close(g_ours, g_want)
+
+
+def test_an_ignored_value_does_not_hide_a_bad_target():
+    # The range check runs on CPU tensors (on a GPU it would stall the step), so the inputs live there.
+    hidden, weight, targets = (t.detach().cpu() for t in make_inputs())  # -100s: the lowest value
+    bad = targets.clone()
+    bad[1, 2] = VOCAB + 4
+    with pytest.raises(ValueError, match=f"target id {VOCAB + 4} is outside"):
+        linear_cross_entropy(hidden, weight, bad)
+    bad[1, 2] = -7  # negative but not the ignored value
+    with pytest.raises(ValueError, match="target id -7 is outside"):
+        linear_cross_entropy(hidden, weight, bad)
+
+
 def tiny_model() -> TransformerLM:
     torch.manual_seed(0)
     return TransformerLM(vocab_size=VOCAB, context_length=16, d_model=D_MODEL, num_layers=2, num_heads=2,

@@ -58,8 +58,9 @@ def linear_cross_entropy(
         )
     hidden, targets = flatten_rows(hidden, targets, "linear_cross_entropy",
                                    "hidden shape without the model dim")
-    if not torch.compiler.is_compiling() and targets.device.type == "cpu" and targets.numel():
-        check_target_range(targets, weight.shape[0], ignore_index, "linear_cross_entropy")
+    checkable = not torch.compiler.is_compiling() and targets.device.type == "cpu" and targets.numel()
+    if checkable and not check_target_range(targets, weight.shape[0], ignore_index, "linear_cross_entropy"):
+        ignore_index = None  # none to ignore: the same loss without the per-row weights' ops
     device_type = hidden.device.type
     # The matmuls' dtype: what autocast would give the plain head, else the inputs' own.
     if torch.is_autocast_enabled(device_type):

@@ -77,23 +77,31 @@ def fused_cross_entropy(
     logits, targets = flatten_rows(logits, targets, "fused_cross_entropy")
     if torch.compiler.is_compiling():
         return _CompiledCrossEntropy.apply(logits, targets, ignore_index)
-    if targets.device.type == "cpu" and targets.numel():  # free on a CPU; on a GPU it would stall
-        check_target_range(targets, logits.shape[-1], ignore_index, "fused_cross_entropy")
+    checkable = targets.device.type == "cpu" and targets.numel()  # free on a CPU; on a GPU it would stall
+    if checkable and not check_target_range(targets, logits.shape[-1], ignore_index, "fused_cross_entropy"):
+        ignore_index = None  # none to ignore: the same loss without per-row weights
     # Inside forward grad mode is always off, so whether a gradient will be wanted is decided here.
     wants_grad = torch.is_grad_enabled() and logits.requires_grad
     return _EagerCrossEntropy.apply(logits, targets, ignore_index, wants_grad)
 
 
-def check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None, name: str) -> None:
+def check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None, name: str) -> bool:
     """A clear error for a target id outside [0, vocab_size) (ignored ones aside), named for `name`.
-    Reads min/max back to the host: call it where that is free (CPU tensors)."""
-    valid = targets if ignore_index is None else targets[targets != ignore_index]
-    if valid.numel() == 0:
-        return
-    lo, hi = int(valid.min()), int(valid.max())
+    Returns whether any target equals ignore_index: when none does, a loss can skip its per-row weights.
+    Reads min/max back to the host: call it where that is free (CPU tensors), on a non-empty tensor."""
+    lo, hi = (int(v) for v in torch.aminmax(targets))
+    # ignore_index is outside [lo, hi] in the common case (-100 and no padding): then none is present
+    has_ignored = (ignore_index is not None and lo <= ignore_index <= hi
+                   and bool((targets == ignore_index).any()))  # fmt: skip
+    if has_ignored:
+        valid = targets[targets != ignore_index]
+        if valid.numel() == 0:
+            return True
+        lo, hi = int(valid.min()), int(valid.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name}: target id {bad} is outside the vocabulary [0, {vocab_size})")
+    return has_ignored
 
 
 class _EagerCrossEntropy(torch.autograd.Function):
