@@ -4,11 +4,13 @@ previous checkpoint; a checkpoint without its weights never gets a COMPLETE mani
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +29,8 @@ from dist_llm.checkpoint.store import (
     write_checkpoint,
 )
 from dist_llm.config import parse_args
-from dist_llm.training.state import choose_checkpoint
+from dist_llm.training import state
+from dist_llm.training.state import CheckpointWriter, choose_checkpoint
 
 
 def _config(run_dir: Path, resume: str):
@@ -163,3 +166,52 @@ def test_training_stops_on_a_full_disk_with_the_previous_checkpoint_intact(tiny_
     verify_checkpoint(run_dir / "checkpoints" / "step_00000002")
     assert not (run_dir / "model.safetensors").exists()
     shutil.rmtree(run_dir)
+
+
+def _failing_background_save(error: BaseException):
+    """save_shards as an asynchronous DCP save that writes part of the shards, then fails in the
+    background (the returned future carries the error, as DCP's does)."""
+
+    def save_shards(directory: Path, tensors, process_group=None, asynchronous: bool = False):
+        assert asynchronous
+        (directory / "shards").mkdir()
+        (directory / "shards" / "model-00001-of-00001.safetensors").write_bytes(b"partial")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_exception(error)
+        return future
+
+    return save_shards
+
+
+@pytest.mark.parametrize("failure", ["full disk", "other"])
+def test_a_background_save_that_fails_removes_its_directory_and_names_a_full_disk(
+        tmp_path: Path, monkeypatch, failure: str) -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    run_dir = tmp_path / "run"
+    previous = _write(run_dir, 2)
+    if failure == "full disk":  # DCP wraps each rank's error in a CheckpointException (a BaseException)
+        error = CheckpointException("save", {0: (OSError(errno.ENOSPC, "No space left on device"), [])})
+    else:
+        error = RuntimeError("the storage went away")
+    monkeypatch.setattr(state, "save_shards", _failing_background_save(error))
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    writer = CheckpointWriter(_config(run_dir, "auto"), "sharded", asynchronous=True)
+    writer.save(4, SimpleNamespace(model=model, sharded=True), optimizer, {"step": 4})
+    with pytest.raises(CheckpointError) as raised:
+        writer.wait()
+    message = str(raised.value)
+    if failure == "full disk":
+        needed = sum(t.numel() * 4 for t in model.state_dict().values()) * 3  # weights, exp_avg, exp_avg_sq
+        assert message.startswith(f"{run_dir / 'checkpoints' / 'step_00000004'}: no space left on the device")
+        assert f"needs about {needed / 1e6:,.1f} MB" in message and "MB are free there" in message
+        assert f"the previous checkpoint {previous} is untouched" in message
+    else:
+        assert message == "writing a checkpoint in the background failed: RuntimeError: the storage went away"
+    # nothing half-written is left behind, the previous checkpoint is the newest complete one
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_00000002"]
+    verify_checkpoint(previous)
+    writer.wait()  # the error was raised once; nothing is pending any more

@@ -172,13 +172,19 @@ def space_errors_named(tmp: Path, root: Path, step: int, needed_bytes: int, remo
             shutil.rmtree(tmp, ignore_errors=True)  # gives the space back, leaves nothing half-written
         if not out_of_space(e) or isinstance(e, CheckpointError):
             raise
-        free = shutil.disk_usage(root).free if root.exists() else 0
-        previous = find_latest_checkpoint(root)
-        kept = f"the previous checkpoint {previous} is untouched" if previous else "no earlier checkpoint"
-        raise CheckpointError(
-            f"{root / step_dir_name(step)}: no space left on the device while writing this checkpoint: it "
-            f"needs about {needed_bytes / 1e6:,.1f} MB, {free / 1e6:,.1f} MB are free there; {kept}. Free "
-            f"some space (or lower checkpoint.keep_last) and resume with --resume auto") from None
+        raise full_disk_error(root, step, needed_bytes) from None
+
+
+def full_disk_error(root: Path, step: int, needed_bytes: int) -> CheckpointError:
+    """The error for step's checkpoint failing on a full disk: where, how much it needs, how much is free,
+    and that the previous checkpoint is untouched (call it once the partial directory is removed)."""
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    previous = find_latest_checkpoint(root)
+    kept = f"the previous checkpoint {previous} is untouched" if previous else "no earlier checkpoint"
+    return CheckpointError(
+        f"{root / step_dir_name(step)}: no space left on the device while writing this checkpoint: it "
+        f"needs about {needed_bytes / 1e6:,.1f} MB, {free / 1e6:,.1f} MB are free there; {kept}. Free "
+        f"some space (or lower checkpoint.keep_last) and resume with --resume auto")
 
 
 def write_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch.Tensor],

@@ -10,6 +10,7 @@ are cut into this rank's shards, a sharded one is read piece by piece (or whole,
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from dist_llm.checkpoint.sharded import checkpoint_format, load_into_sharded, save_shards, sharded_state
-from dist_llm.checkpoint.space import tensor_bytes
+from dist_llm.checkpoint.space import out_of_space, tensor_bytes
 from dist_llm.checkpoint.store import (
     CONFIG,
     OPTIMIZER_JSON,
@@ -28,6 +29,7 @@ from dist_llm.checkpoint.store import (
     checkpoint_files,
     crash_if_requested,
     finalize_checkpoint,
+    full_disk_error,
     join_optimizer_state,
     list_complete,
     load_model_state,
@@ -117,7 +119,7 @@ class CheckpointWriter:
         self.cfg, self.fmt = cfg, fmt
         self.asynchronous = asynchronous and fmt == "sharded"
         self.root = checkpoint_root(cfg.run.dir)
-        self._pending: tuple[Any, threading.Event] | None = None
+        self._pending: _PendingSave | None = None
         self._error: BaseException | None = None
         self._group = distributed.new_gloo_group() if self.asynchronous else None
 
@@ -153,11 +155,13 @@ class CheckpointWriter:
         tmp = self.root / distributed.broadcast_json(new_temp_dir(self.root, step).name if main else None)
         tensors, optimizer_meta = sharded_state(par.model.state_dict(), optimizer.state_dict())
         # A full disk is named with the size needed (a sharded tensor's numel is the whole tensor's)
-        with space_errors_named(tmp, self.root, step, tensor_bytes(tensors), remove_tmp=main):
-            return self._write_sharded(step, tmp, tensors, optimizer_meta, trainer_state)
+        needed = tensor_bytes(tensors)
+        with space_errors_named(tmp, self.root, step, needed, remove_tmp=main):
+            return self._write_sharded(step, tmp, tensors, optimizer_meta, trainer_state, needed)
 
     def _write_sharded(self, step: int, tmp: Path, tensors: dict[str, torch.Tensor],
-                       optimizer_meta: dict[str, Any], trainer_state: dict[str, Any]) -> Path | None:
+                       optimizer_meta: dict[str, Any], trainer_state: dict[str, Any],
+                       needed_bytes: int) -> Path | None:
         main = distributed.is_main()
         if main:
             config = self.cfg.to_dict()
@@ -172,7 +176,7 @@ class CheckpointWriter:
                 future.add_done_callback(lambda f: self._finish_in_background(f, tmp, step, done))
             else:
                 done.set()
-            self._pending = (future, done)
+            self._pending = _PendingSave(future, done, step, needed_bytes)
             return final if main else None
         save_shards(tmp, tensors)
         crash_if_requested(step)
@@ -193,26 +197,45 @@ class CheckpointWriter:
             finalize_checkpoint(tmp, self.root, step, self.cfg.checkpoint.keep_last, fmt="sharded")
         except BaseException as e:  # raised by the next wait(), in the training thread
             self._error = e
+            # every rank is done with it: remove the partial directory (on a full disk, give the space back)
+            shutil.rmtree(tmp, ignore_errors=True)
         finally:
             done.set()
 
     def wait(self) -> None:
-        """Finish the pending asynchronous save, if any; raise what went wrong in it."""
-        if self._pending is not None:
-            future, done = self._pending
-            self._pending = None
-            try:
-                future.result()
-            except Exception as e:
-                self._error = self._error or e
-            done.wait()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise CheckpointError(f"writing a checkpoint in the background failed: {type(error).__name__}: "
-                                  f"{error}") from error
+        """Finish the pending asynchronous save, if any; raise what went wrong in it: a full disk as the
+        synchronous save names it (where, the space needed and free, the previous checkpoint kept)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.future.result()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            self._error = self._error or e
+        pending.done.wait()
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if out_of_space(error):
+            raise full_disk_error(self.root, pending.step, pending.needed_bytes) from error
+        raise CheckpointError(f"writing a checkpoint in the background failed: {type(error).__name__}: "
+                              f"{error}") from error
 
     def close(self) -> None:
         self.wait()
+
+
+@dataclasses.dataclass
+class _PendingSave:
+    """An asynchronous save in flight: its future, the event set once rank 0 has finished it (or
+    failed), and what a full-disk error names."""
+
+    future: Any
+    done: threading.Event
+    step: int
+    needed_bytes: int
 
 
 def trainer_state_dict(step: int, counters: dict[str, Any], loader: Any, scaler: torch.amp.GradScaler,
