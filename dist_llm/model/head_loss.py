@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from dist_llm.model.losses import check_target_range, flatten_rows
+from dist_llm.model.losses import checked_ignore_index, flatten_rows
 
 # Rows per chunk are chosen so that one chunk's logits hold about this many elements (64 MB in float32),
 # with at most MAX_CHUNKS chunks: torch.compile unrolls the loop, so compile time grows with their number
@@ -58,9 +58,7 @@ def linear_cross_entropy(
         )
     hidden, targets = flatten_rows(hidden, targets, "linear_cross_entropy",
                                    "hidden shape without the model dim")
-    checkable = not torch.compiler.is_compiling() and targets.device.type == "cpu" and targets.numel()
-    if checkable and not check_target_range(targets, weight.shape[0], ignore_index, "linear_cross_entropy"):
-        ignore_index = None  # none to ignore: the same loss without the per-row weights' ops
+    ignore_index = checked_ignore_index(targets, weight.shape[0], ignore_index, "linear_cross_entropy")
     device_type = hidden.device.type
     # The matmuls' dtype: what autocast would give the plain head, else the inputs' own.
     if torch.is_autocast_enabled(device_type):

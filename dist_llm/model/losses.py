@@ -77,18 +77,28 @@ def fused_cross_entropy(
     logits, targets = flatten_rows(logits, targets, "fused_cross_entropy")
     if torch.compiler.is_compiling():
         return _CompiledCrossEntropy.apply(logits, targets, ignore_index)
-    checkable = targets.device.type == "cpu" and targets.numel()  # free on a CPU; on a GPU it would stall
-    if checkable and not check_target_range(targets, logits.shape[-1], ignore_index, "fused_cross_entropy"):
-        ignore_index = None  # none to ignore: the same loss without per-row weights
+    ignore_index = checked_ignore_index(targets, logits.shape[-1], ignore_index, "fused_cross_entropy")
     # Inside forward grad mode is always off, so whether a gradient will be wanted is decided here.
     wants_grad = torch.is_grad_enabled() and logits.requires_grad
     return _EagerCrossEntropy.apply(logits, targets, ignore_index, wants_grad)
 
 
-def check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None, name: str) -> bool:
-    """A clear error for a target id outside [0, vocab_size) (ignored ones aside), named for `name`.
-    Returns whether any target equals ignore_index: when none does, a loss can skip its per-row weights.
-    Reads min/max back to the host: call it where that is free (CPU tensors), on a non-empty tensor."""
+def checked_ignore_index(targets: torch.Tensor, vocab_size: int, ignore_index: int | None,
+                         name: str) -> int | None:
+    """The ignore_index a loss needs, after checking the targets where that is free.
+
+    On a CPU, outside torch.compile: a clear error (named for `name`) for a target id outside
+    [0, vocab_size), ignored ones aside; and None when no target equals ignore_index, so the loss can
+    skip its per-row weights (same loss, fewer ops). Elsewhere ignore_index unchanged and no check:
+    reading min/max back to the host would stall a GPU step, and break a compiled graph."""
+    if targets.device.type != "cpu" or torch.compiler.is_compiling() or targets.numel() == 0:
+        return ignore_index
+    return ignore_index if _check_target_range(targets, vocab_size, ignore_index, name) else None
+
+
+def _check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int | None, name: str) -> bool:
+    """Raises for a target id outside [0, vocab_size) (ignored ones aside); returns whether any target
+    equals ignore_index. Reads min/max back to the host."""
     lo, hi = (int(v) for v in torch.aminmax(targets))
     # ignore_index is outside [lo, hi] in the common case (-100 and no padding): then none is present
     has_ignored = (ignore_index is not None and lo <= ignore_index <= hi
