@@ -195,9 +195,9 @@ def test_a_background_save_that_fails_removes_its_directory_and_names_a_full_dis
     else:
         error = RuntimeError("the storage went away")
     monkeypatch.setattr(state, "save_shards", _failing_background_save(error))
-    model = torch.nn.Linear(8, 8)
+    model = torch.nn.Linear(512, 512)  # big enough that the size in MB is not 0.0
     optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 8)).sum().backward()
+    model(torch.randn(2, 512)).sum().backward()
     optimizer.step()
     writer = CheckpointWriter(_config(run_dir, "auto"), "sharded", asynchronous=True)
     writer.save(4, SimpleNamespace(model=model, sharded=True), optimizer, {"step": 4})
@@ -205,7 +205,7 @@ def test_a_background_save_that_fails_removes_its_directory_and_names_a_full_dis
         writer.wait()
     message = str(raised.value)
     if failure == "full disk":
-        needed = sum(t.numel() * 4 for t in model.state_dict().values()) * 3  # weights, exp_avg, exp_avg_sq
+        needed = (512 * 512 + 512) * 4 * 3  # float32 weights, exp_avg, exp_avg_sq (3.2 MB; + 2 step scalars)
         assert message.startswith(f"{run_dir / 'checkpoints' / 'step_00000004'}: no space left on the device")
         assert f"needs about {needed / 1e6:,.1f} MB" in message and "MB are free there" in message
         assert f"the previous checkpoint {previous} is untouched" in message
