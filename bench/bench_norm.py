@@ -27,14 +27,18 @@ SHAPES = ["1024,128", "1024,512"]  # bench_model.py's CPU batches: tiny 8 x 128 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+class TorchRMSNorm(RMSNorm):
+    """The model's RMSNorm computed by torch.nn.functional.rms_norm on any device (what the model does
+    off a CPU), so autograd differentiates torch's composite ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+
+
 def contenders(d_model: int, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
-    model, formula = RMSNorm(d_model, fused=True), RMSNorm(d_model, fused=False)
-    torch_rms = RMSNorm(d_model, fused=True)
-    weight = torch_rms.weight
-    torch_rms.forward = lambda x: F.rms_norm(x.float(), (d_model,), weight.float(), 1e-5).to(x.dtype)
-    layer_norm = torch.nn.LayerNorm(d_model, bias=False, dtype=dtype)
-    return {"model": model.to(dtype), "rms_norm": torch_rms.to(dtype), "formula": formula.to(dtype),
-            "LayerNorm": layer_norm}  # fmt: skip
+    norms = {"model": RMSNorm(d_model, fused=True), "rms_norm": TorchRMSNorm(d_model),
+             "formula": RMSNorm(d_model, fused=False), "LayerNorm": torch.nn.LayerNorm(d_model, bias=False)}
+    return {name: norm.to(dtype) for name, norm in norms.items()}
 
 
 def timed_round(norm: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, steps: int) -> float:
